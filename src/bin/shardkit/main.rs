@@ -1,0 +1,2 @@
+//! The `shardkit` command line.
+fn main() {}
