@@ -11,7 +11,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod dtype;
+pub mod export;
+pub mod inspect;
 pub mod manifest;
+pub mod output;
+pub mod plan;
+pub mod reshard;
 pub mod safetensors;
 pub mod size;
 pub mod source;
+pub mod synth;
+pub mod verify;

@@ -384,6 +384,13 @@ fn validate_tensor(tensor: &TensorRecord, chunks: &[ChunkRecord]) -> Result<(), 
                 chunks.len()
             ));
         }
+        if index > 0 && piece.chunk <= tensor.pieces[index - 1].chunk {
+            return Err(format!(
+                "piece {index} is in chunk {} but the previous piece is in chunk {}; pieces must be in increasing chunk order",
+                piece.chunk,
+                tensor.pieces[index - 1].chunk
+            ));
+        }
         let [start, end] = piece.rows;
         if start != next_row || end < start || end > rows {
             return Err(format!(

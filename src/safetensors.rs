@@ -364,35 +364,43 @@ pub struct WriteEntry<'a> {
 /// included, so the output is deterministic for the same entries.
 pub fn encode_header(entries: &[WriteEntry<'_>], metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let mut json = String::from("{");
-    let mut first = true;
     if !metadata.is_empty() {
         json.push_str(&serde_json::to_string(METADATA_KEY).expect("strings serialize"));
         json.push(':');
         json.push_str(&serde_json::to_string(metadata).expect("string maps serialize"));
-        first = false;
     }
     let mut offset = 0u64;
     for entry in entries {
-        if !first {
+        if json.len() > 1 {
             json.push(',');
         }
-        first = false;
-        let end = offset + entry.bytes;
-        json.push_str(&serde_json::to_string(entry.key).expect("strings serialize"));
-        json.push_str(&format!(
-            ":{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
-            entry.dtype.name(),
-            serde_json::to_string(entry.shape).expect("integer lists serialize")
-        ));
-        offset = end;
+        json.push_str(&encode_entry(entry, offset));
+        offset += entry.bytes;
     }
     json.push('}');
-    let padded = (8 + json.len()).div_ceil(HEADER_ALIGNMENT) * HEADER_ALIGNMENT - 8;
+    let padded = padded_header_len(json.len()) - 8;
     let mut out = Vec::with_capacity(8 + padded);
     out.extend_from_slice(&(padded as u64).to_le_bytes());
     out.extend_from_slice(json.as_bytes());
     out.resize(8 + padded, b' ');
     out
+}
+
+/// The JSON text of one entry starting at data offset `begin`, without a separating comma.
+pub fn encode_entry(entry: &WriteEntry<'_>, begin: u64) -> String {
+    format!(
+        "{}:{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{begin},{}]}}",
+        serde_json::to_string(entry.key).expect("strings serialize"),
+        entry.dtype.name(),
+        serde_json::to_string(entry.shape).expect("integer lists serialize"),
+        begin + entry.bytes
+    )
+}
+
+/// Bytes before the data section (length prefix plus padded JSON) for JSON of `json_len`
+/// bytes.
+pub fn padded_header_len(json_len: usize) -> usize {
+    (8 + json_len).div_ceil(HEADER_ALIGNMENT) * HEADER_ALIGNMENT
 }
 
 #[cfg(test)]
