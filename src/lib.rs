@@ -12,6 +12,7 @@
 
 pub mod dtype;
 pub mod manifest;
+pub mod quant;
 pub mod safetensors;
 pub mod size;
 pub mod source;
