@@ -11,6 +11,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod dtype;
+pub mod gguf;
 pub mod manifest;
 pub mod safetensors;
 pub mod size;
