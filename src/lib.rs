@@ -12,6 +12,7 @@
 
 pub mod dtype;
 pub mod export;
+pub mod gguf;
 pub mod inspect;
 pub mod manifest;
 pub mod output;
