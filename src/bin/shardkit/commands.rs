@@ -9,13 +9,16 @@ use shardkit::plan::PlanOptions;
 use shardkit::reshard::{self, WriteOptions};
 use shardkit::size::human_bytes;
 
-use crate::args::{Command, ExportArgs, ExportFormat, InspectArgs, ReshardArgs, VerifyArgs};
+use crate::args::{
+    Command, ExportArgs, ExportFormat, InspectArgs, QuantizeArgs, ReshardArgs, VerifyArgs,
+};
 use crate::progress::{summary, Progress};
 
 /// Runs a parsed command.
 pub fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Reshard(args) => reshard(args),
+        Command::Quantize(args) => quantize(args),
         Command::Inspect(args) => inspect(args),
         Command::Verify(args) => verify(args),
         Command::Export(args) => export(args),
@@ -146,6 +149,72 @@ fn dry_run(args: &ReshardArgs, options: PlanOptions) -> Result<ExitCode> {
         cut.join(", ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn quantize(args: QuantizeArgs) -> Result<ExitCode> {
+    let options = shardkit::quantize::QuantizeOptions {
+        target: args.target,
+        keep: args.keep.clone(),
+        allow_non_finite: args.allow_non_finite,
+    };
+    let write = WriteOptions {
+        plan: PlanOptions {
+            max_chunk_bytes: args.max_chunk.0,
+            per_tensor: false,
+        },
+        threads: args.common.threads(),
+        force: args.force,
+    };
+    let progress = Progress::bytes("quantize", total_input_bytes(&args.input));
+    let result =
+        shardkit::quantize::quantize(&args.input, &args.output, &options, write, &|done| {
+            progress.set(done)
+        });
+    progress.finish();
+    let report = result.with_context(|| format!("cannot quantize {}", args.input.display()))?;
+    if report.input_was_quantized {
+        eprintln!(
+            "shardkit: warning: {} is already quantized; its tensors were dequantized first, so the result carries both losses (errors below are against the dequantized input)",
+            args.input.display()
+        );
+    }
+    if args.common.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_quality_table(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the per-tensor quality report on stderr, so stdout stays free for `--json`
+/// consumers and the report still shows in logs of pipeline runs.
+fn print_quality_table(report: &shardkit::quantize::QuantizeReport) {
+    eprintln!(
+        "{:<56} {:<6} {:<6} {:>7} {:>12} {:>12}  note",
+        "tensor", "from", "to", "bpw", "rmse", "max error"
+    );
+    for tensor in &report.tensors {
+        eprintln!(
+            "{:<56} {:<6} {:<6} {:>7.3} {:>12.4e} {:>12.4e}  {}",
+            tensor.name,
+            tensor.source_dtype.name(),
+            tensor.dtype.name(),
+            tensor.bits_per_weight,
+            tensor.rmse,
+            tensor.max_abs_error,
+            tensor.note.as_deref().unwrap_or("")
+        );
+    }
+    eprintln!();
+    eprintln!(
+        "{}: {} -> {} ({:.3} bits per weight), {} chunks, {:.1} s",
+        report.target,
+        human_bytes(report.input_bytes),
+        human_bytes(report.output_bytes),
+        report.bits_per_weight,
+        report.chunks,
+        report.seconds
+    );
 }
 
 fn inspect(args: InspectArgs) -> Result<ExitCode> {
