@@ -118,6 +118,8 @@ pub fn export_gguf(
 /// Face files when the folder did not come from a GGUF.
 fn export_metadata(source: &ChunkedSource) -> Result<Metadata, GgufError> {
     let path = source.dir().join(METADATA_FILE);
+    // NOTE: the recorded metadata is written back as it is, so a folder quantized after the
+    // import keeps the original `general.file_type`.
     match std::fs::read(&path) {
         Ok(bytes) => metadata_json::from_json(&bytes).map_err(|message| {
             GgufError::new(
