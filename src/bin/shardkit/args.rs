@@ -132,6 +132,19 @@ pub struct VerifyArgs {
 pub enum ExportFormat {
     /// Hugging Face safetensors shards with an index.
     Safetensors,
+    /// A GGUF v3 file (or split set) that llama.cpp loads.
+    Gguf,
+}
+
+/// Floating-point types `export` can convert to.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportDtype {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
 }
 
 /// Flags of `export`.
@@ -145,9 +158,15 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
-    /// Largest amount of tensor data per shard file.
+    /// Largest amount of tensor data per safetensors shard file.
     #[arg(long, value_name = "SIZE", default_value = "5GB", long_help = SIZE_HELP)]
     pub max_shard_size: ByteSize,
+    /// Convert floating-point tensors to this type (safetensors only).
+    #[arg(long, value_enum)]
+    pub dtype: Option<ExportDtype>,
+    /// Split the GGUF output into parts of at most this size (gguf only).
+    #[arg(long, value_name = "SIZE", long_help = SIZE_HELP)]
+    pub split_max_size: Option<ByteSize>,
     /// Replace the output if it exists.
     #[arg(long)]
     pub force: bool,

@@ -5,10 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use shardkit::dtype::DType;
 use shardkit::plan::PlanOptions;
 use shardkit::reshard::{self, WriteOptions};
 use shardkit::size::human_bytes;
 
+use crate::args::ExportDtype;
 use crate::args::{
     Command, ExportArgs, ExportFormat, InspectArgs, QuantizeArgs, ReshardArgs, VerifyArgs,
 };
@@ -307,28 +309,82 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
 
 fn export(args: ExportArgs) -> Result<ExitCode> {
     match args.format {
-        ExportFormat::Safetensors => {
-            let options = shardkit::export::ExportOptions {
-                max_shard_bytes: args.max_shard_size.0,
-                threads: args.common.threads(),
-                force: args.force,
-            };
-            let result = shardkit::export::export_safetensors(&args.dir, &args.output, options)
-                .with_context(|| format!("cannot export {}", args.dir.display()))?;
-            if args.common.json {
-                print_json(&result)?;
-            } else {
-                for (name, bytes) in &result.shards {
-                    println!("{name}  {bytes} bytes");
-                }
-                println!(
-                    "{} tensors in {} shards written to {}",
-                    result.tensors,
-                    result.shards.len(),
-                    result.output.display()
-                );
-            }
+        ExportFormat::Safetensors => export_safetensors(&args),
+        ExportFormat::Gguf => export_gguf(&args),
+    }
+}
+
+fn export_safetensors(args: &ExportArgs) -> Result<ExitCode> {
+    if args.split_max_size.is_some() {
+        anyhow::bail!(
+            "--split-max-size applies to --format gguf; use --max-shard-size for safetensors"
+        );
+    }
+    let dtype = args.dtype.map(|d| match d {
+        ExportDtype::F32 => DType::F32,
+        ExportDtype::F16 => DType::F16,
+        ExportDtype::Bf16 => DType::BF16,
+    });
+    let options = shardkit::export::ExportOptions {
+        max_shard_bytes: args.max_shard_size.0,
+        threads: args.common.threads(),
+        force: args.force,
+        dtype,
+    };
+    let result = shardkit::export::export_safetensors(&args.dir, &args.output, options)
+        .with_context(|| format!("cannot export {}", args.dir.display()))?;
+    if args.common.json {
+        print_json(&result)?;
+    } else {
+        for (name, bytes) in &result.shards {
+            println!("{name}  {bytes} bytes");
         }
+        println!(
+            "{} tensors in {} shards written to {}",
+            result.tensors,
+            result.shards.len(),
+            result.output.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_gguf(args: &ExportArgs) -> Result<ExitCode> {
+    if args.dtype.is_some() {
+        anyhow::bail!(
+            "--dtype applies to --format safetensors; GGUF export keeps every tensor's type"
+        );
+    }
+    if args.output.exists() && !args.force {
+        anyhow::bail!(
+            "{} already exists; pass --force to replace it",
+            args.output.display()
+        );
+    }
+    shardkit::output::check_not_overlapping(&args.output, &args.dir)?;
+    let source = shardkit::source::chunked::ChunkedSource::open(&args.dir).with_context(|| {
+        format!(
+            "cannot export {}: GGUF export reads a chunked folder",
+            args.dir.display()
+        )
+    })?;
+    let result =
+        shardkit::gguf::export_gguf(&source, &args.output, args.split_max_size.map(|s| s.0))
+            .with_context(|| format!("cannot export {}", args.dir.display()))?;
+    if args.common.json {
+        print_json(&json!({
+            "files": result.files,
+            "tensors": result.tensors,
+            "tensor_bytes": result.tensor_bytes,
+        }))?;
+    } else {
+        for file in &result.files {
+            println!("{}", file.display());
+        }
+        println!(
+            "{} tensors, {} bytes of tensor data",
+            result.tensors, result.tensor_bytes
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
