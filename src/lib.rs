@@ -14,6 +14,7 @@ pub mod alloc;
 pub mod dtype;
 pub mod engine;
 pub mod export;
+pub mod gguf;
 pub mod inspect;
 pub mod manifest;
 pub mod output;

@@ -231,8 +231,5 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>, SourceError> {
 }
 
 fn open_gguf(path: &Path) -> Result<Box<dyn TensorSource>, SourceError> {
-    Err(SourceError::Unsupported {
-        path: path.to_path_buf(),
-        message: "GGUF input is not supported yet".into(),
-    })
+    Ok(Box::new(crate::gguf::GgufSource::open(path)?))
 }
