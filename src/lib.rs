@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod quant;
 pub mod reshard;
 pub mod safetensors;
 pub mod size;
