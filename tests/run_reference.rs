@@ -3,6 +3,9 @@
 //! the logits of a plain f32 implementation written here (whole tensors, straightforward
 //! loops, full softmax) at every position, within 1e-4 of the largest logit's magnitude.
 //!
+//! Quantized cases write the projections and embeddings in a GGML block type and compare
+//! with the reference on the same weights dequantized by `shardkit::quant`.
+//!
 //! Each prompt is fed three ways: all at once, split after the first token, and split in
 //! the middle, with the remaining tokens fed one at a time. A small allocation ceiling makes
 //! the engine process the prompt in several batches and spread the cache over several pages.
@@ -10,12 +13,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
-use safetensors::{Dtype, SafeTensors};
-use shardkit::dtype::DType;
+use shardkit::dtype::{DType, QuantType};
 use shardkit::engine::{EngineOptions, Model};
+use shardkit::manifest::SourceRecord;
 use shardkit::plan::PlanOptions;
-use shardkit::reshard::WriteOptions;
+use shardkit::reshard::{write_chunked, TensorProducer, WriteError, WriteOptions};
+use shardkit::source::{TensorInfo, TensorSource};
 use shardkit::synth::{write_checkpoint, Family, SynthSpec};
 
 /// Chunk files of at most 8 kB cut the 77 kB embedding and every projection.
@@ -74,32 +77,21 @@ struct Reference {
 }
 
 impl Reference {
-    fn load(checkpoint: &Path) -> Reference {
-        let bytes = std::fs::read(checkpoint.join("model.safetensors")).unwrap();
-        let file = SafeTensors::deserialize(&bytes).unwrap();
+    /// Reads every tensor of `input` (a checkpoint or a chunked folder) as f32, and the
+    /// config beside it.
+    fn load(input: &Path) -> Reference {
+        let source = shardkit::source::open(input).unwrap();
         let mut tensors = HashMap::new();
-        for (name, view) in file.tensors() {
-            let data = view.data();
-            let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => data
-                    .chunks_exact(2)
-                    .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                other => panic!("unexpected dtype {other:?}"),
-            };
-            tensors.insert(name, values);
+        for (index, info) in source.tensors().iter().enumerate() {
+            let mut bytes = vec![0u8; info.bytes as usize];
+            source.read_at(index, 0, &mut bytes).unwrap();
+            let elements = info.shape.iter().product::<u64>() as usize;
+            let mut values = vec![0f32; elements];
+            shardkit::quant::to_f32(info.dtype, &bytes, &mut values).unwrap();
+            tensors.insert(info.name.clone(), values);
         }
         let config =
-            serde_json::from_slice(&std::fs::read(checkpoint.join("config.json")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(input.join("config.json")).unwrap()).unwrap();
         Reference { config, tensors }
     }
 
@@ -304,7 +296,20 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 fn check_case(case: Case, prompt_len: usize) {
     let root = tempfile::tempdir().unwrap();
     let (checkpoint, chunked) = build(&case, root.path());
-    let manifest = shardkit::manifest::Manifest::read(&chunked).unwrap();
+    let reference = Reference::load(&checkpoint);
+    check_engine(&chunked, &reference, case.spec.vocab, prompt_len, CEILING);
+}
+
+/// Compares the engine on `chunked` with the reference at every position, feeding the
+/// prompt whole, after one token, and after half of it.
+fn check_engine(
+    chunked: &Path,
+    reference: &Reference,
+    vocab: u64,
+    prompt_len: usize,
+    ceiling: u64,
+) {
+    let manifest = shardkit::manifest::Manifest::read(chunked).unwrap();
     let cut = manifest
         .tensors()
         .iter()
@@ -312,14 +317,13 @@ fn check_case(case: Case, prompt_len: usize) {
         .count();
     assert!(cut >= 3, "only {cut} tensors were cut into pieces");
 
-    let reference = Reference::load(&checkpoint);
-    let ids = prompt(case.spec.vocab, prompt_len);
+    let ids = prompt(vocab, prompt_len);
     let expected = reference.logits(&ids);
     let options = EngineOptions {
-        max_alloc: Some(CEILING),
+        max_alloc: Some(ceiling),
         threads: Some(2),
     };
-    let model = Model::load(&chunked, &options).unwrap();
+    let model = Model::load(chunked, &options).unwrap();
     for split in [prompt_len, 1, prompt_len / 2] {
         let mut session = model.session(prompt_len).unwrap();
         assert!(session.plan().batch_tokens < prompt_len);
@@ -339,6 +343,105 @@ fn check_case(case: Case, prompt_len: usize) {
             );
         }
     }
+}
+
+/// Writes every 2-D tensor whose rows are whole blocks of `quant` quantized with
+/// `shardkit::quant`, and copies the rest.
+struct Quantizing<'a> {
+    source: &'a dyn TensorSource,
+    tensors: Vec<TensorInfo>,
+}
+
+impl<'a> Quantizing<'a> {
+    fn new(source: &'a dyn TensorSource, quant: QuantType) -> Quantizing<'a> {
+        let tensors = source
+            .tensors()
+            .iter()
+            .map(|info| {
+                let block = quant.block_elements() as u64;
+                if info.shape.len() == 2 && info.shape[1] % block == 0 {
+                    TensorInfo::new(info.name.clone(), DType::Quant(quant), info.shape.clone())
+                        .unwrap()
+                } else {
+                    info.clone()
+                }
+            })
+            .collect();
+        Quantizing { source, tensors }
+    }
+}
+
+impl TensorProducer for Quantizing<'_> {
+    fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    fn produce(&self, index: usize, rows: [u64; 2], out: &mut [u8]) -> Result<(), WriteError> {
+        let original = &self.source.tensors()[index];
+        let info = &self.tensors[index];
+        let DType::Quant(quant) = info.dtype else {
+            let offset = rows[0] * original.row_bytes().unwrap();
+            return Ok(self.source.read_at(index, offset, out)?);
+        };
+        let cols = original.shape[1] as usize;
+        let mut bytes = vec![0u8; cols * 4];
+        let mut values = vec![0f32; cols];
+        let quant_row_bytes = info.row_bytes().unwrap() as usize;
+        for (row, target) in (rows[0]..rows[1]).zip(out.chunks_exact_mut(quant_row_bytes)) {
+            self.source
+                .read_at(index, row * cols as u64 * 4, &mut bytes)?;
+            shardkit::quant::to_f32(DType::F32, &bytes, &mut values).unwrap();
+            shardkit::quant::quantize_row(quant, &values, target).unwrap();
+        }
+        Ok(())
+    }
+}
+
+/// A synthetic Llama with rows of 256 values (whole k-quant blocks), its projections
+/// quantized to `quant`, against the reference on the dequantized weights.
+fn check_quantized(quant: QuantType) {
+    let root = tempfile::tempdir().unwrap();
+    let spec = SynthSpec {
+        hidden: 256,
+        intermediate: 512,
+        ..spec(Family::Llama, DType::F32)
+    };
+    let checkpoint = root.path().join("checkpoint");
+    write_checkpoint(&spec, &checkpoint, false).unwrap();
+    let source = shardkit::source::open(&checkpoint).unwrap();
+    let producer = Quantizing::new(source.as_ref(), quant);
+    let record = SourceRecord {
+        format: source.format(),
+        files: source.files(),
+    };
+    let chunked = root.path().join("chunked");
+    let options = WriteOptions {
+        plan: PlanOptions {
+            max_chunk_bytes: MAX_CHUNK_BYTES,
+            per_tensor: false,
+        },
+        threads: Some(1),
+        force: false,
+    };
+    write_chunked(
+        &producer,
+        record,
+        &source.aux_files(),
+        &chunked,
+        options,
+        &|_| {},
+    )
+    .unwrap();
+    let manifest = shardkit::manifest::Manifest::read(&chunked).unwrap();
+    let quantized = manifest
+        .tensors()
+        .iter()
+        .filter(|t| t.dtype == DType::Quant(quant))
+        .count();
+    assert_eq!(quantized, 2 + 7 * 2, "{} tensors quantized", quant.name());
+
+    let reference = Reference::load(&chunked);
+    check_engine(&chunked, &reference, spec.vocab, 21, 8_192);
 }
 
 #[test]
@@ -405,4 +508,36 @@ fn qwen2_biases_match_reference() {
         config_patch: serde_json::json!({}),
     };
     check_case(case, 20);
+}
+
+#[test]
+fn q8_0_weights_match_reference() {
+    check_quantized(QuantType::Q8_0);
+}
+
+#[test]
+fn q4_0_weights_match_reference() {
+    check_quantized(QuantType::Q4_0);
+}
+
+#[test]
+fn q4_1_weights_match_reference() {
+    check_quantized(QuantType::Q4_1);
+}
+
+#[test]
+fn q5_0_and_q5_1_weights_match_reference() {
+    check_quantized(QuantType::Q5_0);
+    check_quantized(QuantType::Q5_1);
+}
+
+#[test]
+fn q4_k_weights_match_reference() {
+    check_quantized(QuantType::Q4_K);
+}
+
+#[test]
+fn q5_k_and_q6_k_weights_match_reference() {
+    check_quantized(QuantType::Q5_K);
+    check_quantized(QuantType::Q6_K);
 }

@@ -22,7 +22,8 @@ const CONVERT_BLOCK: usize = 64;
 ///
 /// # Panics
 ///
-/// Panics on a type the engine does not compute with; loading rejects those first.
+/// Panics on a type [`is_supported`] rejects or a length that is not whole blocks; loading
+/// rejects both first.
 pub fn convert_row(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     match dtype {
         DType::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
@@ -49,7 +50,8 @@ pub fn convert_row(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 }
             }
         },
-        DType::Quant(quant) => super::quant_rows::dequantize_row(quant, bytes, out),
+        DType::Quant(quant) => crate::quant::dequantize_row(quant, bytes, out)
+            .unwrap_or_else(|e| panic!("convert_row on a row that loading accepted: {e}")),
         other => panic!("convert_row called with {other}, which loading rejects"),
     }
 }
@@ -58,7 +60,7 @@ pub fn convert_row(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 pub fn is_supported(dtype: DType) -> bool {
     match dtype {
         DType::F32 | DType::F16 | DType::BF16 => true,
-        DType::Quant(quant) => super::quant_rows::is_supported(quant),
+        DType::Quant(quant) => crate::quant::dequantizable(quant),
         _ => false,
     }
 }

@@ -6,9 +6,9 @@
 //! unless it is an aligned F32 row that can be used in place, and dots it with every token of
 //! the batch, so a batch of prompt tokens reads the weights once rather than once per token.
 //!
-//! NOTE: quantized rows are dequantized one row at a time and dotted in `f32`. Dot products
-//! of the packed blocks against quantized activations would avoid the conversion and read
-//! fewer bytes; they are not wired in yet.
+//! NOTE: quantized rows are dequantized one row at a time with `crate::quant` and dotted in
+//! `f32`. Dot products of the packed blocks against quantized activations, as ggml does,
+//! would skip the conversion; they are not wired in yet.
 
 use std::cell::RefCell;
 use std::ops::Range;

@@ -28,7 +28,6 @@ pub mod kv;
 pub mod linear;
 pub mod model;
 pub mod plan;
-pub mod quant_rows;
 pub mod rope;
 pub mod sample;
 pub mod text;
