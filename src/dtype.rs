@@ -26,6 +26,12 @@ pub enum DType {
     F8_E5M2,
     /// 8-bit power-of-two scale (exponent only), as used by MX formats.
     F8_E8M0,
+    /// 8-bit float with 4 exponent and 3 mantissa bits, finite with a single NaN and no
+    /// negative zero.
+    F8_E4M3FNUZ,
+    /// 8-bit float with 5 exponent and 2 mantissa bits, finite with a single NaN and no
+    /// negative zero.
+    F8_E5M2FNUZ,
     /// 4-bit float, two values per byte.
     F4,
     /// 6-bit float with 2 exponent and 3 mantissa bits, four values in three bytes.
@@ -281,6 +287,8 @@ const PLAIN_TABLE: &[(DType, &str, usize, Option<u32>)] = &[
     (DType::F8_E4M3, "F8_E4M3", 8, None),
     (DType::F8_E5M2, "F8_E5M2", 8, None),
     (DType::F8_E8M0, "F8_E8M0", 8, None),
+    (DType::F8_E4M3FNUZ, "F8_E4M3FNUZ", 8, None),
+    (DType::F8_E5M2FNUZ, "F8_E5M2FNUZ", 8, None),
     (DType::F4, "F4", 4, None),
     (DType::F6_E2M3, "F6_E2M3", 6, None),
     (DType::F6_E3M2, "F6_E3M2", 6, None),

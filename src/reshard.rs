@@ -2,8 +2,8 @@
 //!
 //! A [`TensorProducer`] supplies the output bytes of any row range of any output tensor; the
 //! writer plans the chunks, then writes them in parallel. Chunks that share a cut tensor form
-//! one *job* written in order by one thread, so that tensor's sha256 can be computed while
-//! its pieces are written; separate jobs run in parallel. Each thread holds one buffer of at
+//! one *job*, written in order by one thread, so the tensor's sha256 can be computed while its
+//! pieces are written. Separate jobs run in parallel. Each thread holds one buffer of at
 //! most [`BLOCK_BYTES`] (or one row, if a row is larger), so peak memory is about
 //! threads × max(block, row), whatever the model size. Hashes are computed on the bytes as
 //! they are written; nothing is read back.
@@ -444,13 +444,6 @@ fn build_manifest(
         tensors,
         chunks,
     }
-}
-
-/// Options of the `reshard` command.
-#[derive(Clone, Copy, Debug)]
-pub struct ReshardOptions {
-    /// Writing options.
-    pub write: WriteOptions,
 }
 
 /// Opens `input`, checks that `output` does not overlap it, and writes the chunked layout.

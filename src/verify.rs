@@ -1,7 +1,7 @@
 //! Checking a chunked folder against its manifest.
 //!
 //! `verify` recomputes every chunk's sha256 and every tensor's logical sha256 in one read of
-//! each chunk, and checks what the manifest cannot check about itself: each chunk exists
+//! each chunk. It also checks what the manifest cannot check about itself: each chunk exists
 //! inside the folder, has its recorded size, and stores each piece under the recorded key
 //! and length. Every problem is collected and reported with the chunk and the tensors it
 //! affects; one broken chunk does not stop the others from being checked.
@@ -25,7 +25,7 @@ pub struct Failure {
     pub chunk: Option<String>,
     /// Tensors affected.
     pub tensors: Vec<String>,
-    /// What is wrong, with numbers.
+    /// Description of the problem, with numbers.
     pub message: String,
 }
 
@@ -45,7 +45,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// Whether everything matched.
+    /// Returns whether everything matched.
     pub fn ok(&self) -> bool {
         self.failures.is_empty()
     }

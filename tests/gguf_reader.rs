@@ -64,6 +64,24 @@ impl Builder {
         self
     }
 
+    /// Adds the hyperparameters `config.json` needs, except the head counts.
+    fn model_keys(self, architecture: &str) -> Builder {
+        let key = |name: &str| format!("{architecture}.{name}");
+        self.entry(
+            "general.architecture",
+            MetadataValue::String(architecture.into()),
+        )
+        .entry(&key("embedding_length"), MetadataValue::U32(64))
+        .entry(&key("feed_forward_length"), MetadataValue::U32(128))
+        .entry(&key("block_count"), MetadataValue::U32(1))
+        .entry(&key("context_length"), MetadataValue::U32(256))
+        .entry(
+            &key("attention.layer_norm_rms_epsilon"),
+            MetadataValue::F32(1e-5),
+        )
+        .entry(&key("vocab_size"), MetadataValue::U32(16))
+    }
+
     fn data(mut self, data: Vec<u8>) -> Builder {
         self.data = data;
         self
@@ -447,10 +465,9 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
 fn split_part(number: u16, count: u16, total: i32, tensor: &str) -> Vec<u8> {
     let mut builder = Builder::new();
     if number == 0 {
-        builder = builder.entry(
-            "general.architecture",
-            MetadataValue::String("qwen2".into()),
-        );
+        builder = builder
+            .model_keys("qwen2")
+            .entry("qwen2.attention.head_count", MetadataValue::U32(1));
     }
     builder
         .entry("split.no", MetadataValue::U16(number))
@@ -617,10 +634,7 @@ fn labelled_model(architecture: &str, dtype: DType) -> Vec<u8> {
     let head_key = format!("{architecture}.attention.head_count");
     let kv_key = format!("{architecture}.attention.head_count_kv");
     Builder::new()
-        .entry(
-            "general.architecture",
-            MetadataValue::String(architecture.into()),
-        )
+        .model_keys(architecture)
         .entry(&head_key, MetadataValue::U32(2))
         .entry(&kv_key, MetadataValue::U32(1))
         .tensor("blk.0.attn_q.weight", &[row_elements, 8], type_id, 0)

@@ -240,6 +240,9 @@ pub enum GgufErrorKind {
         /// What is wrong.
         message: String,
     },
+    /// Reading a tensor from the input failed.
+    #[error("reading the input failed")]
+    Source(#[from] SourceError),
     /// A tensor cannot be stored in GGUF.
     #[error("tensor {tensor:?}: {message}")]
     Export {
@@ -251,7 +254,7 @@ pub enum GgufErrorKind {
 }
 
 impl From<GgufError> for SourceError {
-    /// Keeps I/O errors as [`SourceError::Io`]; every other GGUF error becomes
+    /// Keeps I/O and input errors as they are; every other GGUF error becomes
     /// [`SourceError::Unsupported`] with the rule and numbers in the message.
     fn from(error: GgufError) -> SourceError {
         match error.kind {
@@ -259,6 +262,7 @@ impl From<GgufError> for SourceError {
                 path: error.path,
                 source,
             },
+            GgufErrorKind::Source(source) => source,
             kind => SourceError::Unsupported {
                 path: error.path,
                 message: kind.to_string(),

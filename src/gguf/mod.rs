@@ -6,14 +6,17 @@
 //! `gguf_metadata.json` from the metadata. Every file is treated as hostile: no count or
 //! length from the file is trusted before it is checked against the bytes that remain.
 
+pub mod config;
 pub mod cursor;
 pub mod derived;
 pub mod error;
 pub mod header;
+pub mod metadata_json;
 pub mod names;
 pub mod permute;
 pub mod source;
 pub mod split;
+pub mod tokenizer;
 pub mod value;
 
 pub use error::{GgufError, GgufErrorKind};

@@ -102,28 +102,29 @@ impl HfFolderSource {
                         ),
                     });
                 }
-                if let Some(map) = &weight_map {
-                    match map.get(name) {
-                        Some(listed) if listed == shard_name => {}
-                        Some(listed) => {
-                            return Err(SourceError::Index {
-                                path: index_path.clone(),
-                                message: format!("tensor {name:?} is listed in shard {listed:?} but stored in {shard_name:?}"),
-                            })
-                        }
-                        None => {
-                            return Err(SourceError::Index {
-                                path: index_path.clone(),
-                                message: format!("tensor {name:?} in shard {shard_name:?} is not listed in the index"),
-                            })
-                        }
-                    }
-                }
                 tensors.push(entry.info.clone());
                 locations.push((shard_index, entry_index));
             }
         }
         if let Some(map) = &weight_map {
+            for (info, &(shard_index, _)) in tensors.iter().zip(&locations) {
+                let (name, shard_name) = (&info.name, &shards[shard_index].0);
+                match map.get(name) {
+                    Some(listed) if listed == shard_name => {}
+                    Some(listed) => {
+                        return Err(SourceError::Index {
+                            path: index_path.clone(),
+                            message: format!("tensor {name:?} is listed in shard {listed:?} but stored in {shard_name:?}"),
+                        })
+                    }
+                    None => {
+                        return Err(SourceError::Index {
+                            path: index_path.clone(),
+                            message: format!("tensor {name:?} in shard {shard_name:?} is not listed in the index"),
+                        })
+                    }
+                }
+            }
             for (name, shard_name) in map {
                 if !owner.contains_key(name.as_str()) {
                     return Err(SourceError::Index {
