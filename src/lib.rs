@@ -10,7 +10,9 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod alloc;
 pub mod dtype;
+pub mod engine;
 pub mod export;
 pub mod gguf;
 pub mod inspect;

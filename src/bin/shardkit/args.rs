@@ -49,6 +49,12 @@ pub enum Command {
         after_help = "Example:\n  shardkit export ./mistral-chunked -o ./Mistral-7B-copy --format safetensors --max-shard-size 5GB"
     )]
     Export(ExportArgs),
+    /// Generate text with a Llama-family model straight from a chunked folder, keeping every
+    /// allocation under a ceiling.
+    #[command(
+        after_help = "Example:\n  shardkit run --chunked-dir ./smollm2 --chat --prompt 'What is the capital of France?' -n 64\n  echo 'Once upon a time' | shardkit run --chunked-dir ./smollm2 --temperature 0 --json\nText streams to stdout; the figures (load time, tokens/s, largest allocation, peak heap) follow on stderr.\nExits 1 if any allocation exceeded --max-alloc."
+    )]
+    Run(RunArgs),
 }
 
 /// Flags of `reshard`.
@@ -172,6 +178,100 @@ pub struct ExportArgs {
     pub force: bool,
     #[command(flatten)]
     pub common: Common,
+}
+
+/// Flags of `run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The chunked folder, with config.json and tokenizer.json beside the manifest.
+    #[arg(long, value_name = "DIR")]
+    pub chunked_dir: PathBuf,
+    /// The prompt text (default: read from stdin).
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Wrap the prompt as a user message in the chat template of tokenizer_config.json.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message placed before the user message (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Maximum tokens to generate.
+    #[arg(
+        short = 'n',
+        long = "max-new-tokens",
+        value_name = "N",
+        default_value_t = 128
+    )]
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 picks the most likely token every step (greedy).
+    #[arg(long, value_name = "T", default_value_t = 0.7, value_parser = non_negative)]
+    pub temperature: f32,
+    /// Sample only among the K most likely tokens; 0 disables the limit.
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    pub top_k: usize,
+    /// Sample only among the most likely tokens whose probabilities add up to P; 1 disables it.
+    #[arg(long, value_name = "P", default_value_t = 0.9, value_parser = probability)]
+    pub top_p: f32,
+    /// Divide the positive logits of tokens already in the text by R (multiply negative ones);
+    /// 1 disables the penalty.
+    #[arg(long, value_name = "R", default_value_t = 1.0, value_parser = positive)]
+    pub repeat_penalty: f32,
+    /// Seed of the sampler (default: from the clock; the summary prints the seed used).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Largest single heap allocation allowed (default: the manifest's max_chunk_bytes).
+    #[arg(long, value_name = "SIZE", long_help = SIZE_HELP)]
+    pub max_alloc: Option<ByteSize>,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Recompute every hash of the folder first and refuse to start on a mismatch.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print one JSON document with the text, the ids and every figure instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_float(text: &str) -> Result<f32, String> {
+    let value: f32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(format!("{text:?} is not a finite number"))
+    }
+}
+
+fn non_negative(text: &str) -> Result<f32, String> {
+    let value = parse_float(text)?;
+    if value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} is negative; use 0 or more"))
+    }
+}
+
+fn positive(text: &str) -> Result<f32, String> {
+    let value = parse_float(text)?;
+    if value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not positive"))
+    }
+}
+
+fn probability(text: &str) -> Result<f32, String> {
+    let value = parse_float(text)?;
+    if value > 0.0 && value <= 1.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} is outside (0, 1]"))
+    }
 }
 
 /// Flags shared by commands that do bulk work.

@@ -24,10 +24,12 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Inspect(args) => inspect(args),
         Command::Verify(args) => verify(args),
         Command::Export(args) => export(args),
+        Command::Run(args) => crate::run::run(args),
     }
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value).context("cannot serialize the result")?;
     println!("{text}");
     Ok(())

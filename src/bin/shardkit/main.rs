@@ -8,10 +8,16 @@
 mod args;
 mod commands;
 mod progress;
+mod run;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use shardkit::alloc::CountingAlloc;
+
+/// Counts every heap allocation so that `run` can report the largest one and the peak heap.
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc::new();
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
