@@ -1,4 +1,4 @@
-//! Measures quantization throughput per type, in MB of f32 input per second.
+//! Measures quantization throughput per type, in MB of f32 input per CPU-second.
 //!
 //! ```text
 //! cargo run --release --example quant_speed -- [--values N] [--threads T] [--reference]
