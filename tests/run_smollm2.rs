@@ -249,7 +249,11 @@ fn run_command_chats_under_the_ceiling() {
     let output = Command::new(env!("CARGO_BIN_EXE_shardkit"))
         .args(["run", "--chunked-dir"])
         .arg(&dir)
-        .args(["--chat", "--prompt", "What is the capital of France?"])
+        .args([
+            "--chat",
+            "--prompt",
+            "Explain in a few sentences why the sky is blue.",
+        ])
         .args(["--temperature", "0", "-n", "16", "--threads", "2", "--json"])
         .output()
         .unwrap();
