@@ -18,7 +18,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter, GGMLQuantizationType, GG
 from gguf.quants import dequantize
 
 FILE_TYPE_KEY = "general.file_type"
-# llama_ftype value LLAMA_FTYPE_MOSTLY_F16 in llama.h.
+# LLAMA_FTYPE_MOSTLY_F16 in llama.cpp's include/llama.h (as vendored by llama-cpp-python 0.3.36).
 FILE_TYPE_MOSTLY_F16 = 1
 
 PLAIN_TYPES = {
@@ -80,7 +80,8 @@ def numpy_shape(tensor) -> tuple[int, ...]:
 
 def copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
     for name, field in reader.fields.items():
-        # GGUF.* are the reader's view of the header; general.architecture is added by the writer.
+        # GGUF.* fields are the reader's view of the file header, and the writer adds
+        # general.architecture itself.
         if name.startswith("GGUF.") or name == "general.architecture":
             continue
         if name == "general.alignment":
@@ -161,7 +162,7 @@ def main() -> int:
         return 1
     partial = args.output.with_name(args.output.name + ".partial")
     try:
-        log(f"dequantizing {args.input}")
+        log(f"converting {args.input}")
         convert(args.input, partial)
         log(f"checking {partial}")
         verify(args.input, partial)

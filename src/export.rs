@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use crate::dtype::DType;
 use crate::output::{check_not_overlapping, io_error, StagedDir};
 use crate::reshard::{with_threads, WriteError, BLOCK_BYTES};
 use crate::safetensors::{encode_header, WriteEntry};
 use crate::source::hf_folder::{INDEX_FILE, SINGLE_FILE};
-use crate::source::{self, AuxContent, TensorSource};
+use crate::source::{self, AuxContent, TensorInfo, TensorSource};
 
 /// Options of `export --format safetensors`.
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +29,19 @@ pub struct ExportOptions {
     pub threads: Option<usize>,
     /// Replace an existing output.
     pub force: bool,
+    /// Convert floating-point tensors to this type (F32, F16 or BF16). Quantized tensors are
+    /// always dequantized, to this type or, when it is `None`, to F32, which holds every
+    /// dequantized value exactly.
+    pub dtype: Option<DType>,
+}
+
+/// The type a tensor is written as.
+fn output_dtype(dtype: DType, requested: Option<DType>) -> DType {
+    match requested {
+        Some(target) if dtype.is_float() => target,
+        None if dtype.is_quantized() => DType::F32,
+        _ => dtype,
+    }
 }
 
 /// What an export wrote.
@@ -42,17 +56,25 @@ pub struct ExportSummary {
 }
 
 /// Splits tensor indices into shards of at most `max_shard_bytes` of data each.
-fn assign_shards(source: &dyn TensorSource, max_shard_bytes: u64) -> Vec<Vec<usize>> {
+fn assign_shards(
+    source: &dyn TensorSource,
+    max_shard_bytes: u64,
+    requested: Option<DType>,
+) -> Vec<Vec<usize>> {
     let mut shards: Vec<Vec<usize>> = Vec::new();
     let mut current = Vec::new();
     let mut current_bytes = 0u64;
     for (index, info) in source.tensors().iter().enumerate() {
-        if !current.is_empty() && current_bytes + info.bytes > max_shard_bytes {
+        let elements: u64 = info.shape.iter().product();
+        let bytes = output_dtype(info.dtype, requested)
+            .bytes_for(elements)
+            .unwrap_or(info.bytes);
+        if !current.is_empty() && current_bytes + bytes > max_shard_bytes {
             shards.push(std::mem::take(&mut current));
             current_bytes = 0;
         }
         current.push(index);
-        current_bytes += info.bytes;
+        current_bytes += bytes;
     }
     if !current.is_empty() || shards.is_empty() {
         shards.push(current);
@@ -81,7 +103,7 @@ pub fn export_safetensors(
 ) -> Result<ExportSummary, WriteError> {
     check_not_overlapping(output, input)?;
     let source = source::open(input)?;
-    let shards = assign_shards(source.as_ref(), options.max_shard_bytes);
+    let shards = assign_shards(source.as_ref(), options.max_shard_bytes, options.dtype);
     let staged = StagedDir::create(output, options.force)?;
     let names: Vec<String> = (0..shards.len())
         .map(|i| shard_name(i, shards.len()))
@@ -90,7 +112,14 @@ pub fn export_safetensors(
         shards
             .par_iter()
             .zip(names.par_iter())
-            .map(|(tensors, name)| write_shard(source.as_ref(), tensors, &staged.path().join(name)))
+            .map(|(tensors, name)| {
+                write_shard(
+                    source.as_ref(),
+                    tensors,
+                    &staged.path().join(name),
+                    options.dtype,
+                )
+            })
             .collect()
     })?;
     let mut shard_sizes = Vec::new();
@@ -98,7 +127,7 @@ pub fn export_safetensors(
         shard_sizes.push((name.clone(), size?));
     }
     if shards.len() > 1 {
-        let index = index_json(source.as_ref(), &shards, &names);
+        let index = index_json(source.as_ref(), &shards, &names, options.dtype);
         let path = staged.path().join(INDEX_FILE);
         std::fs::write(&path, index).map_err(io_error("cannot write", &path))?;
     }
@@ -121,14 +150,28 @@ pub fn export_safetensors(
     })
 }
 
-fn index_json(source: &dyn TensorSource, shards: &[Vec<usize>], names: &[String]) -> Vec<u8> {
+fn index_json(
+    source: &dyn TensorSource,
+    shards: &[Vec<usize>],
+    names: &[String],
+    requested: Option<DType>,
+) -> Vec<u8> {
     let mut weight_map = BTreeMap::new();
     for (tensors, name) in shards.iter().zip(names) {
         for &index in tensors {
             weight_map.insert(source.tensors()[index].name.clone(), name.clone());
         }
     }
-    let total_size: u64 = source.tensors().iter().map(|t| t.bytes).sum();
+    let total_size: u64 = source
+        .tensors()
+        .iter()
+        .map(|t| {
+            let elements: u64 = t.shape.iter().product();
+            output_dtype(t.dtype, requested)
+                .bytes_for(elements)
+                .unwrap_or(t.bytes)
+        })
+        .sum();
     let index = serde_json::json!({
         "metadata": { "total_size": total_size },
         "weight_map": weight_map,
@@ -142,27 +185,24 @@ fn write_shard(
     source: &dyn TensorSource,
     tensors: &[usize],
     path: &Path,
+    requested: Option<DType>,
 ) -> Result<u64, WriteError> {
-    let infos = source.tensors();
-    let stored: Vec<(crate::dtype::DType, Vec<u64>)> = tensors
+    let outputs: Vec<TensorInfo> = tensors
         .iter()
         .map(|&i| {
-            let info = &infos[i];
-            if info.dtype.is_quantized() {
-                (crate::dtype::DType::U8, vec![info.bytes])
-            } else {
-                (info.dtype, info.shape.clone())
-            }
+            let info = &source.tensors()[i];
+            let dtype = output_dtype(info.dtype, requested);
+            TensorInfo::new(info.name.clone(), dtype, info.shape.clone())
+                .expect("float types hold any shape")
         })
         .collect();
-    let entries: Vec<WriteEntry> = tensors
+    let entries: Vec<WriteEntry> = outputs
         .iter()
-        .zip(&stored)
-        .map(|(&i, (dtype, shape))| WriteEntry {
-            key: &infos[i].name,
-            dtype: *dtype,
-            shape,
-            bytes: infos[i].bytes,
+        .map(|info| WriteEntry {
+            key: &info.name,
+            dtype: info.dtype,
+            shape: &info.shape,
+            bytes: info.bytes,
         })
         .collect();
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
@@ -172,19 +212,76 @@ fn write_shard(
         .map_err(io_error("cannot write", path))?;
     let mut written = header.len() as u64;
     let mut buffer = Vec::new();
-    for &index in tensors {
-        let bytes = infos[index].bytes;
-        let mut offset = 0;
-        while offset < bytes {
-            let take = BLOCK_BYTES.min(bytes - offset);
-            buffer.resize(take as usize, 0);
-            source.read_at(index, offset, &mut buffer)?;
-            file.write_all(&buffer)
-                .map_err(io_error("cannot write", path))?;
-            offset += take;
+    for (&index, output) in tensors.iter().zip(&outputs) {
+        if output.dtype == source.tensors()[index].dtype {
+            copy_tensor(source, index, &mut buffer, &mut file, path)?;
+        } else {
+            convert_tensor(source, index, output, &mut file, path)?;
         }
-        written += bytes;
+        written += output.bytes;
     }
     file.sync_all().map_err(io_error("cannot sync", path))?;
     Ok(written)
+}
+
+fn copy_tensor(
+    source: &dyn TensorSource,
+    index: usize,
+    buffer: &mut Vec<u8>,
+    file: &mut File,
+    path: &Path,
+) -> Result<(), WriteError> {
+    let bytes = source.tensors()[index].bytes;
+    let mut offset = 0;
+    while offset < bytes {
+        let take = BLOCK_BYTES.min(bytes - offset);
+        buffer.resize(take as usize, 0);
+        source.read_at(index, offset, buffer)?;
+        file.write_all(buffer)
+            .map_err(io_error("cannot write", path))?;
+        offset += take;
+    }
+    Ok(())
+}
+
+/// Converts a tensor row group by row group, so memory stays bounded by a block of rows.
+fn convert_tensor(
+    source: &dyn TensorSource,
+    index: usize,
+    output: &TensorInfo,
+    file: &mut File,
+    path: &Path,
+) -> Result<(), WriteError> {
+    let input = &source.tensors()[index];
+    let convert = |e: crate::quant::QuantError| WriteError::Convert {
+        tensor: input.name.clone(),
+        message: e.to_string(),
+    };
+    // A tensor whose rows are not whole blocks is converted in one step; only 1-D quantized
+    // tensors are like that, and they are small.
+    let (rows, in_row, out_row) = match (input.row_bytes(), output.row_bytes()) {
+        (Some(a), Some(b)) if !input.shape.is_empty() && a > 0 && b > 0 => (input.rows(), a, b),
+        _ => (1, input.bytes, output.bytes),
+    };
+    let elements_per_row = (output.bytes / output.dtype.block_bytes() as u64
+        * output.dtype.block_elements() as u64)
+        / rows.max(1);
+    let rows_per_step = (BLOCK_BYTES / out_row.max(1)).max(1);
+    let mut raw = Vec::new();
+    let mut values = Vec::new();
+    let mut encoded = Vec::new();
+    let mut row = 0;
+    while row < rows {
+        let count = rows_per_step.min(rows - row);
+        raw.resize((count * in_row) as usize, 0);
+        source.read_at(index, row * in_row, &mut raw)?;
+        values.resize((count * elements_per_row) as usize, 0.0);
+        crate::quant::to_f32(input.dtype, &raw, &mut values).map_err(convert)?;
+        encoded.resize((count * out_row) as usize, 0);
+        crate::quant::from_f32(output.dtype, &values, &mut encoded).map_err(convert)?;
+        file.write_all(&encoded)
+            .map_err(io_error("cannot write", path))?;
+        row += count;
+    }
+    Ok(())
 }

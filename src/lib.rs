@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod output;
 pub mod plan;
 pub mod quant;
+pub mod quantize;
 pub mod reshard;
 pub mod safetensors;
 pub mod size;

@@ -76,7 +76,10 @@ pub struct TensorPlan {
 
 /// Decides the output type of one tensor.
 pub fn plan_tensor(info: &TensorInfo, target: QuantType, keep: &GlobSet) -> TensorPlan {
-    let same = |note: Option<String>| TensorPlan { dtype: info.dtype, note };
+    let same = |note: Option<String>| TensorPlan {
+        dtype: info.dtype,
+        note,
+    };
     if keep.is_match(&info.name) {
         return same(Some("kept: matches --keep".into()));
     }
@@ -86,7 +89,10 @@ pub fn plan_tensor(info: &TensorInfo, target: QuantType, keep: &GlobSet) -> Tens
     }
     let row = info.shape[1] as usize;
     if row % target.block_elements() == 0 {
-        return TensorPlan { dtype: DType::Quant(target), note: None };
+        return TensorPlan {
+            dtype: DType::Quant(target),
+            note: None,
+        };
     }
     let fallback = match target {
         QuantType::Q4_K => Some(QuantType::Q5_0),
@@ -105,9 +111,13 @@ pub fn plan_tensor(info: &TensorInfo, target: QuantType, keep: &GlobSet) -> Tens
         },
         None if info.dtype.is_quantized() => TensorPlan {
             dtype: DType::F16,
-            note: Some(format!("fallback to F16: row length {row} is not a multiple of 32")),
+            note: Some(format!(
+                "fallback to F16: row length {row} is not a multiple of 32"
+            )),
         },
-        None => same(Some(format!("kept: row length {row} is not a multiple of 32"))),
+        None => same(Some(format!(
+            "kept: row length {row} is not a multiple of 32"
+        ))),
     }
 }
 
@@ -154,7 +164,10 @@ impl<'a> QuantizeProducer<'a> {
     /// # Errors
     ///
     /// Fails on an invalid `--keep` pattern.
-    pub fn new(source: &'a dyn TensorSource, options: &QuantizeOptions) -> Result<QuantizeProducer<'a>, WriteError> {
+    pub fn new(
+        source: &'a dyn TensorSource,
+        options: &QuantizeOptions,
+    ) -> Result<QuantizeProducer<'a>, WriteError> {
         let mut builder = GlobSetBuilder::new();
         for pattern in &options.keep {
             let glob = Glob::new(pattern).map_err(|e| WriteError::Convert {
@@ -177,10 +190,14 @@ impl<'a> QuantizeProducer<'a> {
             .iter()
             .zip(&plans)
             .map(|(info, plan)| {
-                TensorInfo::new(info.name.clone(), plan.dtype, info.shape.clone()).expect("planned types fit the row length")
+                TensorInfo::new(info.name.clone(), plan.dtype, info.shape.clone())
+                    .expect("planned types fit the row length")
             })
             .collect();
-        let stats = plans.iter().map(|_| Mutex::new(ErrorStats::default())).collect();
+        let stats = plans
+            .iter()
+            .map(|_| Mutex::new(ErrorStats::default()))
+            .collect();
         Ok(QuantizeProducer {
             source,
             outputs,
@@ -197,7 +214,9 @@ impl<'a> QuantizeProducer<'a> {
 
     /// Error statistics gathered so far for tensor `index`.
     pub fn stats(&self, index: usize) -> ErrorStats {
-        *self.stats[index].lock().expect("stats lock is never poisoned")
+        *self.stats[index]
+            .lock()
+            .expect("stats lock is never poisoned")
     }
 
     /// Whether tensor `index` is converted rather than copied.
@@ -205,12 +224,19 @@ impl<'a> QuantizeProducer<'a> {
         self.plans[index].dtype != self.source.tensors()[index].dtype
     }
 
-    fn convert_rows(&self, index: usize, first_row: u64, out: &mut [u8]) -> Result<ErrorStats, WriteError> {
+    fn convert_rows(
+        &self,
+        index: usize,
+        first_row: u64,
+        out: &mut [u8],
+    ) -> Result<ErrorStats, WriteError> {
         let input = &self.source.tensors()[index];
         let output = &self.outputs[index];
         let columns = input.shape[1] as usize;
         let in_row_bytes = input.row_bytes().expect("matrices have whole-block rows") as usize;
-        let out_row_bytes = output.row_bytes().expect("planned types fit the row length") as usize;
+        let out_row_bytes = output
+            .row_bytes()
+            .expect("planned types fit the row length") as usize;
         let rows = out.len() / out_row_bytes;
         let mut raw = vec![0u8; in_row_bytes];
         let mut values = vec![0f32; columns];
@@ -218,14 +244,16 @@ impl<'a> QuantizeProducer<'a> {
         let mut stats = ErrorStats::default();
         for row in 0..rows {
             let absolute = first_row + row as u64;
-            self.source.read_at(index, absolute * in_row_bytes as u64, &mut raw)?;
+            self.source
+                .read_at(index, absolute * in_row_bytes as u64, &mut raw)?;
             quant::to_f32(input.dtype, &raw, &mut values).map_err(|e| convert_error(input, e))?;
             if !self.allow_non_finite {
                 check_finite(input, absolute, columns, &values)?;
             }
             let target = &mut out[row * out_row_bytes..(row + 1) * out_row_bytes];
-            quant::from_f32(output.dtype, &values, target).map_err(|e| convert_error(input, e))?;
-            quant::to_f32(output.dtype, target, &mut decoded).map_err(|e| convert_error(input, e))?;
+            encode_row(output.dtype, &values, target).map_err(|e| convert_error(input, e))?;
+            quant::to_f32(output.dtype, target, &mut decoded)
+                .map_err(|e| convert_error(input, e))?;
             for (&a, &b) in values.iter().zip(&decoded) {
                 let error = (f64::from(a) - f64::from(b)).abs();
                 if error.is_finite() {
@@ -239,6 +267,15 @@ impl<'a> QuantizeProducer<'a> {
     }
 }
 
+/// Encodes f32 values as `dtype`: quantized types through their quantizer, float types by
+/// rounding.
+fn encode_row(dtype: DType, values: &[f32], out: &mut [u8]) -> Result<(), quant::QuantError> {
+    match dtype {
+        DType::Quant(quant_type) => quant::quantize_row(quant_type, values, out),
+        other => quant::from_f32(other, values, out),
+    }
+}
+
 fn convert_error(info: &TensorInfo, error: impl std::fmt::Display) -> WriteError {
     WriteError::Convert {
         tensor: info.name.clone(),
@@ -246,12 +283,20 @@ fn convert_error(info: &TensorInfo, error: impl std::fmt::Display) -> WriteError
     }
 }
 
-fn check_finite(info: &TensorInfo, row: u64, columns: usize, values: &[f32]) -> Result<(), WriteError> {
+fn check_finite(
+    info: &TensorInfo,
+    row: u64,
+    columns: usize,
+    values: &[f32],
+) -> Result<(), WriteError> {
     let bad = values.iter().filter(|v| !v.is_finite()).count();
     if bad == 0 {
         return Ok(());
     }
-    let column = values.iter().position(|v| !v.is_finite()).expect("one is not finite");
+    let column = values
+        .iter()
+        .position(|v| !v.is_finite())
+        .expect("one is not finite");
     Err(WriteError::Convert {
         tensor: info.name.clone(),
         message: format!(
@@ -274,17 +319,24 @@ impl TensorProducer for QuantizeProducer<'_> {
         if !self.converts(index) {
             return crate::reshard::CopyProducer::new(self.source).produce(index, rows, out);
         }
-        let out_row_bytes = self.outputs[index].row_bytes().expect("planned types fit the row length") as usize;
+        let out_row_bytes = self.outputs[index]
+            .row_bytes()
+            .expect("planned types fit the row length") as usize;
         let results: Vec<Result<ErrorStats, WriteError>> = out
             .par_chunks_mut(out_row_bytes * ROWS_PER_TASK)
             .enumerate()
-            .map(|(task, block)| self.convert_rows(index, rows[0] + (task * ROWS_PER_TASK) as u64, block))
+            .map(|(task, block)| {
+                self.convert_rows(index, rows[0] + (task * ROWS_PER_TASK) as u64, block)
+            })
             .collect();
         let mut total = ErrorStats::default();
         for result in results {
             total.merge(&result?);
         }
-        self.stats[index].lock().expect("stats lock is never poisoned").merge(&total);
+        self.stats[index]
+            .lock()
+            .expect("stats lock is never poisoned")
+            .merge(&total);
         Ok(())
     }
 }
@@ -356,9 +408,18 @@ pub fn quantize(
         format: source.format(),
         files: source.files(),
     };
-    let summary = crate::reshard::write_chunked(&producer, record, &source.aux_files(), output, write, progress)?;
+    let summary = crate::reshard::write_chunked(
+        &producer,
+        record,
+        &source.aux_files(),
+        output,
+        write,
+        progress,
+    )?;
     let mut tensors = Vec::with_capacity(source.tensors().len());
-    for (index, (input_info, output_info)) in source.tensors().iter().zip(producer.tensors()).enumerate() {
+    for (index, (input_info, output_info)) in
+        source.tensors().iter().zip(producer.tensors()).enumerate()
+    {
         let elements = input_info.shape.iter().product::<u64>();
         let stats = producer.stats(index);
         tensors.push(TensorReport {
@@ -408,21 +469,45 @@ mod tests {
     fn only_float_weight_matrices_are_quantized() {
         let none = GlobSet::empty();
         let target = QuantType::Q4_K;
-        assert_eq!(plan_tensor(&matrix("w.weight", DType::BF16, &[8, 512]), target, &none).dtype, DType::Quant(target));
-        assert_eq!(plan_tensor(&matrix("norm.weight", DType::F32, &[512]), target, &none).dtype, DType::F32);
-        assert_eq!(plan_tensor(&matrix("proj.bias", DType::F32, &[8, 512]), target, &none).dtype, DType::F32);
-        assert_eq!(plan_tensor(&matrix("ids.weight", DType::I32, &[8, 512]), target, &none).dtype, DType::I32);
+        assert_eq!(
+            plan_tensor(&matrix("w.weight", DType::BF16, &[8, 512]), target, &none).dtype,
+            DType::Quant(target)
+        );
+        assert_eq!(
+            plan_tensor(&matrix("norm.weight", DType::F32, &[512]), target, &none).dtype,
+            DType::F32
+        );
+        assert_eq!(
+            plan_tensor(&matrix("proj.bias", DType::F32, &[8, 512]), target, &none).dtype,
+            DType::F32
+        );
+        assert_eq!(
+            plan_tensor(&matrix("ids.weight", DType::I32, &[8, 512]), target, &none).dtype,
+            DType::I32
+        );
     }
 
     #[test]
     fn rows_not_fitting_blocks_fall_back() {
         let none = GlobSet::empty();
-        let plan = plan_tensor(&matrix("w.weight", DType::F16, &[8, 4544]), QuantType::Q4_K, &none);
+        let plan = plan_tensor(
+            &matrix("w.weight", DType::F16, &[8, 4544]),
+            QuantType::Q4_K,
+            &none,
+        );
         assert_eq!(plan.dtype, DType::Quant(QuantType::Q5_0));
         assert!(plan.note.unwrap().contains("4544 is not a multiple of 256"));
-        let plan = plan_tensor(&matrix("w.weight", DType::F16, &[8, 100]), QuantType::Q8_0, &none);
+        let plan = plan_tensor(
+            &matrix("w.weight", DType::F16, &[8, 100]),
+            QuantType::Q8_0,
+            &none,
+        );
         assert_eq!(plan.dtype, DType::F16);
-        let plan = plan_tensor(&matrix("w.weight", DType::Quant(QuantType::Q4_1), &[8, 96]), QuantType::Q6_K, &none);
+        let plan = plan_tensor(
+            &matrix("w.weight", DType::Quant(QuantType::Q4_1), &[8, 96]),
+            QuantType::Q6_K,
+            &none,
+        );
         assert_eq!(plan.dtype, DType::Quant(QuantType::Q8_0));
     }
 
@@ -431,7 +516,11 @@ mod tests {
         let mut builder = GlobSetBuilder::new();
         builder.add(Glob::new("*embed*").unwrap());
         let keep = builder.build().unwrap();
-        let plan = plan_tensor(&matrix("model.embed_tokens.weight", DType::BF16, &[8, 512]), QuantType::Q4_0, &keep);
+        let plan = plan_tensor(
+            &matrix("model.embed_tokens.weight", DType::BF16, &[8, 512]),
+            QuantType::Q4_0,
+            &keep,
+        );
         assert_eq!(plan.dtype, DType::BF16);
     }
 

@@ -5,7 +5,9 @@
 //! and the same arguments always give byte-identical files. Values are uniform in
 //! `±1/√in_features` for matrices and `1 ± 0.1` for norm weights, which keeps activations of
 //! a forward pass in a sane range. A `config.json` matching the shapes is written beside the
-//! shards; no tokenizer is written.
+//! shards, and, when the vocabulary has room for 259 tokens, a byte-fallback `tokenizer.json`
+//! (three special tokens, the 256 byte tokens `<0x00>`..`<0xFF>`, then filler tokens), so
+//! text prompts work; it carries no meaning, since the weights do not.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -131,6 +133,47 @@ impl SynthSpec {
             tensors.push(("lm_head.weight".to_string(), vec![self.vocab, h]));
         }
         tensors
+    }
+
+    /// A byte-fallback BPE `tokenizer.json` for the vocabulary, or `None` when the vocabulary
+    /// is smaller than the 259 tokens it needs. Ids 0, 1 and 2 are `<unk>`, `<s>` and `</s>`.
+    pub fn tokenizer_json(&self) -> Option<serde_json::Value> {
+        const SPECIAL: [&str; 3] = ["<unk>", "<s>", "</s>"];
+        if self.vocab < 259 {
+            return None;
+        }
+        let mut vocab = serde_json::Map::new();
+        for id in 0..self.vocab {
+            let token = match id {
+                0..=2 => SPECIAL[id as usize].to_string(),
+                3..=258 => format!("<0x{:02X}>", id - 3),
+                _ => format!("<extra_{id}>"),
+            };
+            vocab.insert(token, serde_json::json!(id));
+        }
+        let added: Vec<serde_json::Value> = SPECIAL
+            .iter()
+            .enumerate()
+            .map(|(id, content)| {
+                serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        Some(serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": null,
+            "post_processor": null,
+            "decoder": {"type": "ByteFallback"},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab, "merges": []
+            }
+        }))
     }
 
     /// The `config.json` for these shapes.
@@ -267,6 +310,14 @@ pub fn write_checkpoint(
         std::fs::write(
             &path,
             serde_json::to_vec_pretty(&index).expect("index serializes"),
+        )
+        .map_err(io_error("cannot write", &path))?;
+    }
+    if let Some(tokenizer) = spec.tokenizer_json() {
+        let path = staged.path().join("tokenizer.json");
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&tokenizer).expect("tokenizer serializes"),
         )
         .map_err(io_error("cannot write", &path))?;
     }

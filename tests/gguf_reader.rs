@@ -729,3 +729,56 @@ fn value_type_names_are_stable() {
     assert_eq!(ValueType::Array.name(), "array");
     assert_eq!(ValueType::from_name("f32"), Some(ValueType::F32));
 }
+
+/// Builds a valid file with every value type, nested arrays and two tensors.
+fn rich_file() -> Vec<u8> {
+    Builder::new()
+        .model_keys("llama")
+        .entry("llama.attention.head_count", MetadataValue::U32(2))
+        .entry("flag", MetadataValue::Bool(true))
+        .entry("small", MetadataValue::I8(-1))
+        .entry("wide", MetadataValue::F64(2.5))
+        .entry(
+            "nested",
+            MetadataValue::Array(MetadataArray::Array(vec![MetadataArray::U16(vec![1, 2])])),
+        )
+        .entry(
+            "tokens",
+            MetadataValue::Array(MetadataArray::String(vec!["a".into(), "b".into()])),
+        )
+        .tensor("blk.0.attn_q.weight", &[32, 4], F32, 0)
+        .tensor("blk.0.attn_norm.weight", &[32], F32, 512)
+        .data(vec![7; 640])
+        .build()
+}
+
+proptest::proptest! {
+    #[test]
+    fn corrupted_headers_never_panic(
+        flips in proptest::collection::vec((0usize..2048, proptest::num::u8::ANY), 1..8),
+        cut in 0usize..2048,
+    ) {
+        let mut bytes = rich_file();
+        for (position, value) in flips {
+            let position = position % bytes.len();
+            bytes[position] = value;
+        }
+        bytes.truncate(cut.max(4).min(bytes.len()));
+        let _ = parse(&bytes);
+    }
+
+    #[test]
+    fn permuted_reads_match_whole_reads(start in 0usize..1024, len in 1usize..1024) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "llama.gguf", &labelled_model("llama", DType::F32));
+        let source = GgufSource::open(&path).unwrap();
+        let total = source.tensors()[0].bytes as usize;
+        let start = start % total;
+        let len = len.min(total - start);
+        let mut whole = vec![0u8; total];
+        source.read_at(0, 0, &mut whole).unwrap();
+        let mut part = vec![0u8; len];
+        source.read_at(0, start as u64, &mut part).unwrap();
+        proptest::prop_assert_eq!(&part[..], &whole[start..start + len]);
+    }
+}

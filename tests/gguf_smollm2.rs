@@ -1,58 +1,19 @@
 //! GGUF import checked against a real model, SmolLM2-135M-Instruct (Q4_1).
 //!
-//! The model comes from `scripts/fetch-smollm2`. Locally, a test without the script or the
+//! The model comes from `scripts/fetch-smollm2`, and exports are checked with the `gguf`
+//! package from `scripts/python-env`. Locally, a test without the script or the
 //! network prints why and passes; with `CI=true` it fails instead. `SHARDKIT_SCRIPTS` points
 //! at another scripts folder (default: `scripts/` in the repository).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
-use shardkit::gguf::GgufSource;
+use shardkit::gguf::{export_gguf, GgufSource};
+use shardkit::source::chunked::ChunkedSource;
 use shardkit::source::{AuxContent, TensorSource};
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Reports a missing prerequisite: a panic in CI, a printed skip otherwise.
-fn skip(reason: &str) {
-    assert!(!in_ci(), "CI=true and {reason}");
-    eprintln!("skipped: {reason}");
-}
-
-fn scripts_dir() -> PathBuf {
-    std::env::var_os("SHARDKIT_SCRIPTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"))
-}
-
-/// Runs a helper script and returns the last line it prints, or `None` after reporting why
-/// it could not.
-fn script_output(name: &str) -> Option<String> {
-    let script = scripts_dir().join(name);
-    if !script.is_file() {
-        skip(&format!("{} does not exist", script.display()));
-        return None;
-    }
-    let output = match Command::new(&script).output() {
-        Ok(output) => output,
-        Err(error) => {
-            skip(&format!("{} could not run: {error}", script.display()));
-            return None;
-        }
-    };
-    if !output.status.success() {
-        skip(&format!(
-            "{} failed (no network?): {}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-        return None;
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout.lines().last().map(str::to_string)
-}
+mod gguf_support;
+use gguf_support::{script_output, write_chunked};
 
 fn smollm2() -> Option<GgufSource> {
     let path = script_output("fetch-smollm2")?;
@@ -190,5 +151,103 @@ fn smollm2_tokenizer_matches_llama_cpp_fixture() {
             ids(&case["ids_special_as_text"]),
             "case {name} with special tokens as text"
         );
+    }
+}
+
+/// Runs `fixtures/gguf/check_export.py` on an original and its export, failing with the
+/// script's report when anything differs.
+fn check_with_gguf_package(python: &str, original: &Path, exported: &[PathBuf]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/check_export.py");
+    let output = std::process::Command::new(python)
+        .arg(&script)
+        .arg(original)
+        .args(exported)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "check_export.py failed:\n{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{}", report.trim());
+}
+
+#[test]
+fn smollm2_export_matches_for_gguf_package() {
+    let Some(original) = script_output("fetch-smollm2") else {
+        return;
+    };
+    let Some(python) = script_output("python-env") else {
+        return;
+    };
+    let original = PathBuf::from(original);
+    let dir = tempfile::tempdir().unwrap();
+    let source = GgufSource::open(&original).unwrap();
+    write_chunked(&source, &dir.path().join("chunked"));
+    let chunked = ChunkedSource::open(&dir.path().join("chunked")).unwrap();
+
+    let whole = dir.path().join("smollm2.gguf");
+    let summary = export_gguf(&chunked, &whole, None).unwrap();
+    check_with_gguf_package(&python, &original, &summary.files);
+    let same = std::fs::read(&whole).unwrap() == std::fs::read(&original).unwrap();
+    assert!(same, "the export differs from the original file");
+
+    let split = dir.path().join("split.gguf");
+    let summary = export_gguf(&chunked, &split, Some(40_000_000)).unwrap();
+    assert_eq!(summary.files.len(), 3, "{:?}", summary.files);
+    check_with_gguf_package(&python, &original, &summary.files);
+}
+
+/// Reads one stored row of `row_bytes` bytes of a GGUF tensor straight from the file.
+fn stored_row(source: &GgufSource, gguf_name: &str, row: u64, row_bytes: u64) -> Vec<u8> {
+    let part = &source.parts()[0];
+    let tensor = part
+        .header
+        .tensors
+        .iter()
+        .find(|t| t.name == gguf_name)
+        .unwrap();
+    let mut bytes = vec![0u8; row_bytes as usize];
+    let offset = part.header.data_start + tensor.offset + row * row_bytes;
+    std::os::unix::fs::FileExt::read_exact_at(&part.file, &mut bytes, offset).unwrap();
+    bytes
+}
+
+#[test]
+fn smollm2_rows_follow_the_dequantized_fixture() {
+    let Some(source) = smollm2() else { return };
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/smollm2/dequant-slices.json");
+    let Ok(text) = std::fs::read_to_string(&fixture) else {
+        eprintln!("skipped: {} does not exist", fixture.display());
+        return;
+    };
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    for tensor in fixture["tensors"].as_array().unwrap() {
+        let name = tensor["name"].as_str().unwrap();
+        let gguf_name = tensor["gguf_name"].as_str().unwrap();
+        let index = source
+            .tensors()
+            .iter()
+            .position(|t| t.name == name)
+            .unwrap();
+        let dtype = source.tensors()[index].dtype;
+        for row in tensor["rows"].as_array().unwrap() {
+            // A fixture row is a matrix row, or the whole vector of a 1-D tensor.
+            let elements = row["f32_bits"].as_array().unwrap().len() as u64;
+            let row_bytes = dtype.bytes_for(elements).unwrap();
+            let hf_row = row["row"].as_u64().unwrap();
+            let gguf_row = row["gguf_row"].as_u64().unwrap();
+            let mut bytes = vec![0u8; row_bytes as usize];
+            source
+                .read_at(index, hf_row * row_bytes, &mut bytes)
+                .unwrap();
+            let expected = stored_row(&source, gguf_name, gguf_row, row_bytes);
+            assert!(
+                bytes == expected,
+                "{name} row {hf_row} is not GGUF row {gguf_row}"
+            );
+        }
     }
 }

@@ -139,7 +139,7 @@ proptest! {
         if reshard(&first, &second, options(second_ceiling, false), &|_| {}).is_ok() {
             check_chunks_within(&second, second_ceiling);
             let exported = dir.path().join("exported");
-            let export_options = ExportOptions { max_shard_bytes: 1000, threads: Some(1), force: false };
+            let export_options = ExportOptions { max_shard_bytes: 1000, threads: Some(1), force: false, dtype: None };
             export_safetensors(&second, &exported, export_options).unwrap();
             let back = source::open(&exported).unwrap();
             prop_assert_eq!(back.tensors().len(), tensors.len());

@@ -85,6 +85,13 @@ pub fn derive_config(
     config.insert("rms_norm_eps".into(), rms_eps);
     config.insert("rope_theta".into(), rope_theta);
     config.insert("rope_scaling".into(), rope_scaling(metadata, architecture)?);
+    if tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+        // NOTE: llama.cpp stores Llama 3 rope scaling as per-dimension factors in this tensor,
+        // not as metadata, and config.json does not describe it yet.
+        tracing::warn!(
+            "rope_freqs.weight holds the rope scaling; config.json has no rope_scaling for it"
+        );
+    }
     config.insert(
         "max_position_embeddings".into(),
         json!(required("context_length")?),

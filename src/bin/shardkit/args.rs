@@ -29,6 +29,11 @@ pub enum Command {
         after_help = "Example:\n  shardkit reshard ./Mistral-7B -o ./mistral-chunked --max-chunk 256MB\n  shardkit reshard model.safetensors -o out --max-chunk 16MiB --dry-run"
     )]
     Reshard(ReshardArgs),
+    /// Quantize weight matrices to a GGML block type, writing a chunked folder and a quality report.
+    #[command(
+        after_help = "Example:\n  shardkit quantize q4 ./Mistral-7B -o ./mistral-q4 --max-chunk 256MB\n  shardkit quantize q8_0 model.gguf -o model-q8 --keep '*embed_tokens*' --json\nTypes: q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k; aliases q8 = q8_0, q4 = q4_k, q5 = q5_k, q6 = q6_k.\nOnly 2-D weight matrices are quantized; norms, biases and 1-D tensors keep their type."
+    )]
+    Quantize(QuantizeArgs),
     /// List the tensors of any input, with totals and the largest tensor and file.
     #[command(
         after_help = "Example:\n  shardkit inspect ./mistral-chunked\n  shardkit inspect model.safetensors --json"
@@ -76,6 +81,39 @@ pub struct ReshardArgs {
     pub common: Common,
 }
 
+/// Flags of `quantize`.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// Target type: q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k, or q8 q4 q5 q6.
+    #[arg(value_name = "TYPE", value_parser = parse_quant_type)]
+    pub target: shardkit::dtype::QuantType,
+    /// A .safetensors file, .gguf file, Hugging Face model folder, or chunked folder.
+    pub input: PathBuf,
+    /// The output folder to create.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Largest chunk file, header included.
+    #[arg(long, value_name = "SIZE", default_value = "256MB", long_help = SIZE_HELP)]
+    pub max_chunk: ByteSize,
+    /// Keep tensors whose name matches this glob unchanged (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub keep: Vec<String>,
+    /// Quantize tensors that contain NaN or infinity instead of failing.
+    #[arg(long)]
+    pub allow_non_finite: bool,
+    /// Replace the output folder if it exists.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+fn parse_quant_type(text: &str) -> Result<shardkit::dtype::QuantType, String> {
+    shardkit::quantize::parse_target(text).ok_or_else(|| {
+        format!("unknown type {text:?}; use one of q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k, or q8 q4 q5 q6")
+    })
+}
+
 /// Flags of `inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -100,6 +138,19 @@ pub struct VerifyArgs {
 pub enum ExportFormat {
     /// Hugging Face safetensors shards with an index.
     Safetensors,
+    /// A GGUF v3 file (or split set) that llama.cpp loads.
+    Gguf,
+}
+
+/// Floating-point types `export` can convert to.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportDtype {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
 }
 
 /// Flags of `export`.
@@ -113,9 +164,15 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
-    /// Largest amount of tensor data per shard file.
+    /// Largest amount of tensor data per safetensors shard file.
     #[arg(long, value_name = "SIZE", default_value = "5GB", long_help = SIZE_HELP)]
     pub max_shard_size: ByteSize,
+    /// Convert floating-point tensors to this type (safetensors only).
+    #[arg(long, value_enum)]
+    pub dtype: Option<ExportDtype>,
+    /// Split the GGUF output into parts of at most this size (gguf only).
+    #[arg(long, value_name = "SIZE", long_help = SIZE_HELP)]
+    pub split_max_size: Option<ByteSize>,
     /// Replace the output if it exists.
     #[arg(long)]
     pub force: bool,

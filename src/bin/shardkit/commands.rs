@@ -5,17 +5,22 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use shardkit::dtype::DType;
 use shardkit::plan::PlanOptions;
 use shardkit::reshard::{self, WriteOptions};
 use shardkit::size::human_bytes;
 
-use crate::args::{Command, ExportArgs, ExportFormat, InspectArgs, ReshardArgs, VerifyArgs};
+use crate::args::ExportDtype;
+use crate::args::{
+    Command, ExportArgs, ExportFormat, InspectArgs, QuantizeArgs, ReshardArgs, VerifyArgs,
+};
 use crate::progress::{summary, Progress};
 
 /// Runs a parsed command.
 pub fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Reshard(args) => reshard(args),
+        Command::Quantize(args) => quantize(args),
         Command::Inspect(args) => inspect(args),
         Command::Verify(args) => verify(args),
         Command::Export(args) => export(args),
@@ -150,6 +155,72 @@ fn dry_run(args: &ReshardArgs, options: PlanOptions) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn quantize(args: QuantizeArgs) -> Result<ExitCode> {
+    let options = shardkit::quantize::QuantizeOptions {
+        target: args.target,
+        keep: args.keep.clone(),
+        allow_non_finite: args.allow_non_finite,
+    };
+    let write = WriteOptions {
+        plan: PlanOptions {
+            max_chunk_bytes: args.max_chunk.0,
+            per_tensor: false,
+        },
+        threads: args.common.threads(),
+        force: args.force,
+    };
+    let progress = Progress::bytes("quantize", total_input_bytes(&args.input));
+    let result =
+        shardkit::quantize::quantize(&args.input, &args.output, &options, write, &|done| {
+            progress.set(done)
+        });
+    progress.finish();
+    let report = result.with_context(|| format!("cannot quantize {}", args.input.display()))?;
+    if report.input_was_quantized {
+        eprintln!(
+            "shardkit: warning: {} is already quantized; its tensors were dequantized first, so the result carries both losses (errors below are against the dequantized input)",
+            args.input.display()
+        );
+    }
+    if args.common.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_quality_table(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the per-tensor quality report on stderr, so stdout stays free for `--json`
+/// consumers and the report still shows in logs of pipeline runs.
+fn print_quality_table(report: &shardkit::quantize::QuantizeReport) {
+    eprintln!(
+        "{:<56} {:<6} {:<6} {:>7} {:>12} {:>12}  note",
+        "tensor", "from", "to", "bpw", "rmse", "max error"
+    );
+    for tensor in &report.tensors {
+        eprintln!(
+            "{:<56} {:<6} {:<6} {:>7.3} {:>12.4e} {:>12.4e}  {}",
+            tensor.name,
+            tensor.source_dtype.name(),
+            tensor.dtype.name(),
+            tensor.bits_per_weight,
+            tensor.rmse,
+            tensor.max_abs_error,
+            tensor.note.as_deref().unwrap_or("")
+        );
+    }
+    eprintln!();
+    eprintln!(
+        "{}: {} -> {} ({:.3} bits per weight), {} chunks, {:.1} s",
+        report.target,
+        human_bytes(report.input_bytes),
+        human_bytes(report.output_bytes),
+        report.bits_per_weight,
+        report.chunks,
+        report.seconds
+    );
+}
+
 fn inspect(args: InspectArgs) -> Result<ExitCode> {
     let report = shardkit::inspect::inspect(&args.input)
         .with_context(|| format!("cannot inspect {}", args.input.display()))?;
@@ -240,28 +311,82 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
 
 fn export(args: ExportArgs) -> Result<ExitCode> {
     match args.format {
-        ExportFormat::Safetensors => {
-            let options = shardkit::export::ExportOptions {
-                max_shard_bytes: args.max_shard_size.0,
-                threads: args.common.threads(),
-                force: args.force,
-            };
-            let result = shardkit::export::export_safetensors(&args.dir, &args.output, options)
-                .with_context(|| format!("cannot export {}", args.dir.display()))?;
-            if args.common.json {
-                print_json(&result)?;
-            } else {
-                for (name, bytes) in &result.shards {
-                    println!("{name}  {bytes} bytes");
-                }
-                println!(
-                    "{} tensors in {} shards written to {}",
-                    result.tensors,
-                    result.shards.len(),
-                    result.output.display()
-                );
-            }
+        ExportFormat::Safetensors => export_safetensors(&args),
+        ExportFormat::Gguf => export_gguf(&args),
+    }
+}
+
+fn export_safetensors(args: &ExportArgs) -> Result<ExitCode> {
+    if args.split_max_size.is_some() {
+        anyhow::bail!(
+            "--split-max-size applies to --format gguf; use --max-shard-size for safetensors"
+        );
+    }
+    let dtype = args.dtype.map(|d| match d {
+        ExportDtype::F32 => DType::F32,
+        ExportDtype::F16 => DType::F16,
+        ExportDtype::Bf16 => DType::BF16,
+    });
+    let options = shardkit::export::ExportOptions {
+        max_shard_bytes: args.max_shard_size.0,
+        threads: args.common.threads(),
+        force: args.force,
+        dtype,
+    };
+    let result = shardkit::export::export_safetensors(&args.dir, &args.output, options)
+        .with_context(|| format!("cannot export {}", args.dir.display()))?;
+    if args.common.json {
+        print_json(&result)?;
+    } else {
+        for (name, bytes) in &result.shards {
+            println!("{name}  {bytes} bytes");
         }
+        println!(
+            "{} tensors in {} shards written to {}",
+            result.tensors,
+            result.shards.len(),
+            result.output.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_gguf(args: &ExportArgs) -> Result<ExitCode> {
+    if args.dtype.is_some() {
+        anyhow::bail!(
+            "--dtype applies to --format safetensors; GGUF export keeps every tensor's type"
+        );
+    }
+    if args.output.exists() && !args.force {
+        anyhow::bail!(
+            "{} already exists; pass --force to replace it",
+            args.output.display()
+        );
+    }
+    shardkit::output::check_not_overlapping(&args.output, &args.dir)?;
+    let source = shardkit::source::chunked::ChunkedSource::open(&args.dir).with_context(|| {
+        format!(
+            "cannot export {}: GGUF export reads a chunked folder",
+            args.dir.display()
+        )
+    })?;
+    let result =
+        shardkit::gguf::export_gguf(&source, &args.output, args.split_max_size.map(|s| s.0))
+            .with_context(|| format!("cannot export {}", args.dir.display()))?;
+    if args.common.json {
+        print_json(&json!({
+            "files": result.files,
+            "tensors": result.tensors,
+            "tensor_bytes": result.tensor_bytes,
+        }))?;
+    } else {
+        for file in &result.files {
+            println!("{}", file.display());
+        }
+        println!(
+            "{} tensors, {} bytes of tensor data",
+            result.tensors, result.tensor_bytes
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

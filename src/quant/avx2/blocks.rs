@@ -22,7 +22,14 @@ use crate::quant::{q4_0, q4_1, q5_0, q5_1, q8_0};
 fn load_block(x: &[f32]) -> [__m256; 4] {
     assert!(x.len() >= 32, "a block has 32 values");
     // SAFETY: the assert above guarantees 32 readable f32; `loadu` accepts any alignment.
-    std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * k)) })
+    unsafe {
+        [
+            _mm256_loadu_ps(x.as_ptr()),
+            _mm256_loadu_ps(x.as_ptr().add(8)),
+            _mm256_loadu_ps(x.as_ptr().add(16)),
+            _mm256_loadu_ps(x.as_ptr().add(24)),
+        ]
+    }
 }
 
 /// Returns the largest magnitude in the block.
@@ -41,13 +48,25 @@ fn absmax(v: &[__m256; 4]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn first_with_magnitude(x: &[f32], v: &[__m256; 4], amax: f32) -> f32 {
     let target = _mm256_set1_ps(amax);
+    let mut mask = 0u32;
     for (k, lanes) in v.iter().enumerate() {
-        let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(abs(*lanes), target));
-        if mask != 0 {
-            return x[8 * k + mask.trailing_zeros() as usize];
-        }
+        let equal = _mm256_cmp_ps::<_CMP_EQ_OQ>(abs(*lanes), target);
+        mask |= (_mm256_movemask_ps(equal) as u32) << (8 * k);
     }
-    x[0]
+    // No lane matches only for a NaN maximum; the reference then keeps the first value.
+    x[if mask == 0 {
+        0
+    } else {
+        mask.trailing_zeros() as usize
+    }]
+}
+
+/// Rounds `value` to f16 with F16C (to nearest, ties to even, as `half::f16::from_f32`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn to_f16(value: f32) -> f16 {
+    let halves = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(value));
+    f16::from_bits(_mm_extract_epi16::<0>(halves) as u16)
 }
 
 /// Returns whether a block scale lets the SIMD path reproduce the reference: zero or a
@@ -76,10 +95,12 @@ fn truncated_quants(v: &[__m256; 4], scale: f32, offset: f32, max: i32) -> [__m2
         _mm256_set1_ps(offset),
         _mm256_set1_epi32(max),
     );
-    v.map(|lanes| {
-        let shifted = _mm256_add_ps(_mm256_mul_ps(lanes, scale), offset);
-        _mm256_min_epi32(_mm256_cvttps_epi32(shifted), max)
-    })
+    let mut quants = [_mm256_setzero_si256(); 4];
+    for (q, lanes) in quants.iter_mut().zip(v) {
+        let shifted = _mm256_add_ps(_mm256_mul_ps(*lanes, scale), offset);
+        *q = _mm256_min_epi32(_mm256_cvttps_epi32(shifted), max);
+    }
+    quants
 }
 
 /// Subtracts `min` from every lane.
@@ -87,7 +108,12 @@ fn truncated_quants(v: &[__m256; 4], scale: f32, offset: f32, max: i32) -> [__m2
 #[target_feature(enable = "avx2,fma,f16c")]
 fn minus(v: &[__m256; 4], min: f32) -> [__m256; 4] {
     let min = _mm256_set1_ps(min);
-    v.map(|lanes| _mm256_sub_ps(lanes, min))
+    [
+        _mm256_sub_ps(v[0], min),
+        _mm256_sub_ps(v[1], min),
+        _mm256_sub_ps(v[2], min),
+        _mm256_sub_ps(v[3], min),
+    ]
 }
 
 /// Packs 32 quants below 32 into 16 bytes of low nibbles: value `j` low, `j + 16` high.
@@ -123,9 +149,12 @@ pub(crate) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
             continue;
         }
         let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        let quants = v.map(|lanes| _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(lanes, id))));
+        let mut quants = [_mm256_setzero_si256(); 4];
+        for (q, lanes) in quants.iter_mut().zip(&v) {
+            *q = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(*lanes, id)));
+        }
 
-        out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        out[..2].copy_from_slice(&to_f16(d).to_le_bytes());
         // SAFETY: `out` is a 34-byte chunk, so bytes 2..34 are writable; `storeu` accepts
         // any alignment.
         unsafe { _mm256_storeu_si256(out[2..].as_mut_ptr().cast(), pack_bytes(quants)) };
@@ -160,7 +189,7 @@ pub(crate) fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let bytes = pack_bytes(truncated_quants(&v, id, 8.5, 15));
         let block = q4_0::BlockQ4_0 {
-            d: f16::from_f32(d),
+            d: to_f16(d),
             qs: nibbles(bytes),
         };
         write_block(&block, out);
@@ -180,7 +209,7 @@ pub(crate) fn quantize_row_q5_0(src: &[f32], dst: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let bytes = pack_bytes(truncated_quants(&v, id, 16.5, 31));
         let block = q5_0::BlockQ5_0 {
-            d: f16::from_f32(d),
+            d: to_f16(d),
             qh: fifth_bits(bytes),
             qs: nibbles(bytes),
         };
@@ -221,8 +250,8 @@ pub(crate) fn quantize_row_q4_1(src: &[f32], dst: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let bytes = pack_bytes(truncated_quants(&minus(&v, min), id, 0.5, 15));
         let block = q4_1::BlockQ4_1 {
-            d: f16::from_f32(d),
-            m: f16::from_f32(min),
+            d: to_f16(d),
+            m: to_f16(min),
             qs: nibbles(bytes),
         };
         write_block(&block, out);
@@ -243,8 +272,8 @@ pub(crate) fn quantize_row_q5_1(src: &[f32], dst: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let bytes = pack_bytes(truncated_quants(&minus(&v, min), id, 0.5, 31));
         let block = q5_1::BlockQ5_1 {
-            d: f16::from_f32(d),
-            m: f16::from_f32(min),
+            d: to_f16(d),
+            m: to_f16(min),
             qh: fifth_bits(bytes),
             qs: nibbles(bytes),
         };

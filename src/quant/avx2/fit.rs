@@ -59,8 +59,12 @@ fn transpose<const N: usize>(x: &[f32]) -> [__m256; N] {
             columns[i][g] = v;
         }
     }
-    // SAFETY: each column is 8 readable f32; `loadu` accepts any alignment.
-    columns.map(|column| unsafe { _mm256_loadu_ps(column.as_ptr()) })
+    let mut vectors = [_mm256_setzero_ps(); N];
+    for (vector, column) in vectors.iter_mut().zip(&columns) {
+        // SAFETY: each column is 8 readable f32; `loadu` accepts any alignment.
+        *vector = unsafe { _mm256_loadu_ps(column.as_ptr()) };
+    }
+    vectors
 }
 
 /// Stores one lane per group: lane `g` of vector `i` becomes `out[N·g + i]`.
@@ -119,7 +123,10 @@ fn scale_min_setup(x: &[f32], nmax: i32) -> (ScaleMinLanes, __m256) {
         sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(*v, *v));
     }
     let av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.0)));
-    let weights = x.map(|v| _mm256_add_ps(av_x, super::abs(v)));
+    let mut weights = [_mm256_setzero_ps(); 32];
+    for (w, v) in weights.iter_mut().zip(&x) {
+        *w = _mm256_add_ps(av_x, super::abs(*v));
+    }
 
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
@@ -144,18 +151,14 @@ fn scale_min_setup(x: &[f32], nmax: i32) -> (ScaleMinLanes, __m256) {
     (lanes, min)
 }
 
-/// Quantizes every value against `min` with `iscale`; returns the quants (as f32).
+/// Quantizes every value against `min` with `iscale`, storing the quants (as f32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quants_above_min(lanes: &ScaleMinLanes, min: __m256, iscale: __m256) -> [__m256; 32] {
-    lanes.x.map(|v| {
-        let q = clamped_quants(
-            _mm256_mul_ps(iscale, _mm256_sub_ps(v, min)),
-            lanes.low,
-            lanes.high,
-        );
-        _mm256_cvtepi32_ps(q)
-    })
+fn quants_above_min(lanes: &ScaleMinLanes, min: __m256, iscale: __m256, quants: &mut [__m256; 32]) {
+    for (q, v) in quants.iter_mut().zip(&lanes.x) {
+        let scaled = _mm256_mul_ps(iscale, _mm256_sub_ps(*v, min));
+        *q = _mm256_cvtepi32_ps(clamped_quants(scaled, lanes.low, lanes.high));
+    }
 }
 
 /// `Σ w·(scale·q + min − x)²` per lane, in value order.
@@ -171,21 +174,38 @@ fn fit_error(lanes: &ScaleMinLanes, quants: &[__m256; 32], scale: __m256, min: _
     error
 }
 
-/// Solves one candidate per lane; returns `(det > 0, scale, min)` as in `solve_scale_min`.
+/// Quantizes like [`quants_above_min`] and returns the per-lane sums `Σw·l`, `Σw·l²` and
+/// `Σw·l·x` in value order, in one pass.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn solve_candidate(lanes: &ScaleMinLanes, quants: &[__m256; 32]) -> (__m256, __m256, __m256) {
+fn candidate_sums(
+    lanes: &ScaleMinLanes,
+    min: __m256,
+    iscale: __m256,
+    quants: &mut [__m256; 32],
+) -> [__m256; 3] {
     let (mut sum_l, mut sum_l2, mut sum_xl) = (
         _mm256_setzero_ps(),
         _mm256_setzero_ps(),
         _mm256_setzero_ps(),
     );
-    for ((q, x), w) in quants.iter().zip(&lanes.x).zip(&lanes.weights) {
+    for ((q, x), w) in quants.iter_mut().zip(&lanes.x).zip(&lanes.weights) {
+        let scaled = _mm256_mul_ps(iscale, _mm256_sub_ps(*x, min));
+        *q = _mm256_cvtepi32_ps(clamped_quants(scaled, lanes.low, lanes.high));
         let wl = _mm256_mul_ps(*w, *q);
         sum_l = _mm256_add_ps(sum_l, wl);
         sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, *q));
         sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, *x));
     }
+    [sum_l, sum_l2, sum_xl]
+}
+
+/// Solves one candidate per lane from its sums; returns `(det > 0, scale, min)` as in
+/// `solve_scale_min`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn solve_candidate(lanes: &ScaleMinLanes, sums: [__m256; 3]) -> (__m256, __m256, __m256) {
+    let [sum_l, sum_l2, sum_xl] = sums;
     let det = _mm256_sub_ps(
         _mm256_mul_ps(lanes.sum_w, sum_l2),
         _mm256_mul_ps(sum_l, sum_l),
@@ -219,33 +239,41 @@ fn scale_min_lanes(x: &[f32], search: ScaleMinSearch, l: &mut [u8; QK_K]) -> [Sc
 
     let iscale = _mm256_div_ps(_mm256_set1_ps(nmax), _mm256_sub_ps(lanes.max, min));
     let mut scale = _mm256_div_ps(_mm256_set1_ps(1.0), iscale);
-    let mut best = quants_above_min(&lanes, min, iscale);
-    let mut best_error = fit_error(&lanes, &best, scale, min);
+    let mut quants = [_mm256_setzero_ps(); 32];
+    quants_above_min(&lanes, min, iscale, &mut quants);
+    let mut best_error = fit_error(&lanes, &quants, scale, min);
+    // The winning quants are recomputed at the end from the `min` and inverse scale that
+    // produced them, which is cheaper than keeping a copy after every improvement.
+    let (mut quant_min, mut quant_iscale) = (min, iscale);
 
     for step in 0..=search.nstep {
         let offset = search.rmin + search.rdelta * step as f32 + nmax;
         let iscale = _mm256_div_ps(_mm256_set1_ps(offset), _mm256_sub_ps(lanes.max, min));
-        let quants = quants_above_min(&lanes, min, iscale);
-        let (solved, this_scale, this_min) = solve_candidate(&lanes, &quants);
+        let sums = candidate_sums(&lanes, min, iscale, &mut quants);
+        let (solved, this_scale, this_min) = solve_candidate(&lanes, sums);
         let error = fit_error(&lanes, &quants, this_scale, this_min);
         let better = _mm256_and_ps(
             _mm256_andnot_ps(constant, solved),
             _mm256_cmp_ps::<_CMP_LT_OQ>(error, best_error),
         );
-        for i in 0..32 {
-            best[i] = select(better, quants[i], best[i]);
-        }
+        quant_min = select(better, min, quant_min);
+        quant_iscale = select(better, iscale, quant_iscale);
         best_error = select(better, error, best_error);
         scale = select(better, this_scale, scale);
         min = select(better, this_min, min);
     }
+    let mut best = [_mm256_setzero_ps(); 32];
+    quants_above_min(&lanes, quant_min, quant_iscale, &mut best);
 
     // A constant group (max == min) keeps zero quants, a zero scale and its clamped minimum.
     let zero = _mm256_setzero_ps();
-    let best = best.map(|q| _mm256_cvtps_epi32(select(constant, zero, q)));
-    let mut quants = [0i32; QK_K];
-    untranspose::<32>(&best, &mut quants);
-    for (out, &q) in l.iter_mut().zip(&quants) {
+    let mut best_int = [_mm256_setzero_si256(); 32];
+    for (out, q) in best_int.iter_mut().zip(&best) {
+        *out = _mm256_cvtps_epi32(select(constant, zero, *q));
+    }
+    let mut quant_values = [0i32; QK_K];
+    untranspose::<32>(&best_int, &mut quant_values);
+    for (out, &q) in l.iter_mut().zip(&quant_values) {
         *out = q as u8;
     }
     let scales = lanes_f32(select(constant, zero, scale));
@@ -256,45 +284,58 @@ fn scale_min_lanes(x: &[f32], search: ScaleMinSearch, l: &mut [u8; QK_K]) -> [Sc
     })
 }
 
+/// Quantizes eight 16-value groups with `iscale` (clamped to `−nmax..nmax`), storing the
+/// quants, and returns the per-lane sums `Σ x²·x·l` and `Σ x²·l²` in value order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn symmetric_sums(
+    x: &[__m256; 16],
+    weights: &[__m256; 16],
+    iscale: __m256,
+    quants: &mut [__m256i; 16],
+) -> (__m256, __m256) {
+    let low = _mm256_set1_epi32(-q6_k::NMAX);
+    let high = _mm256_set1_epi32(q6_k::NMAX - 1);
+    let (mut sumlx, mut suml2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for ((q, v), w) in quants.iter_mut().zip(x).zip(weights) {
+        *q = clamped_quants(_mm256_mul_ps(iscale, *v), low, high);
+        let l = _mm256_cvtepi32_ps(*q);
+        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(*w, *v), l));
+        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(*w, l), l));
+    }
+    (sumlx, suml2)
+}
+
 /// `make_qx_quants` (`rmse_type = 1`, no importance weights) for eight 16-value groups.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn symmetric_lanes(x: &[f32]) -> ([f32; 8], [i8; 128]) {
     let x: [__m256; 16] = transpose::<16>(x);
     let zero = _mm256_setzero_ps();
     let (mut amax, mut max) = (zero, zero);
-    for v in &x {
+    let mut weights = [zero; 16];
+    for (w, v) in weights.iter_mut().zip(&x) {
         let magnitude = super::abs(*v);
         let larger = _mm256_cmp_ps::<_CMP_GT_OQ>(magnitude, amax);
         amax = select(larger, magnitude, amax);
         max = select(larger, *v, max);
+        *w = _mm256_mul_ps(*v, *v);
     }
     let all_zero = _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(GROUP_MAX_EPS));
 
     let nmax = q6_k::NMAX as f32;
-    let (low, high) = (
-        _mm256_set1_epi32(-q6_k::NMAX),
-        _mm256_set1_epi32(q6_k::NMAX - 1),
-    );
-    let weights = x.map(|v| _mm256_mul_ps(v, v));
-    let sums = |iscale: __m256| {
-        let mut quants = [_mm256_setzero_si256(); 16];
-        let (mut sumlx, mut suml2) = (zero, zero);
-        for i in 0..16 {
-            quants[i] = clamped_quants(_mm256_mul_ps(iscale, x[i]), low, high);
-            let l = _mm256_cvtepi32_ps(quants[i]);
-            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(weights[i], x[i]), l));
-            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(weights[i], l), l));
-        }
-        (quants, sumlx, suml2)
-    };
-
-    let (mut best, sumlx, suml2) = sums(_mm256_div_ps(_mm256_set1_ps(-nmax), max));
+    let mut quants = [_mm256_setzero_si256(); 16];
+    let iscale = _mm256_div_ps(_mm256_set1_ps(-nmax), max);
+    let (sumlx, suml2) = symmetric_sums(&x, &weights, iscale, &mut quants);
     let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero);
     let mut scale = select(nonzero, _mm256_div_ps(sumlx, suml2), zero);
     let mut best_fit = _mm256_mul_ps(scale, sumlx);
+    // As in `scale_min_lanes`, the winning quants are recomputed from their inverse scale.
+    let mut best_iscale = iscale;
+
     for step in (-9..=9).filter(|&step| step != 0) {
-        let numerator = -(nmax + 0.1 * step as f32);
-        let (quants, sumlx, suml2) = sums(_mm256_div_ps(_mm256_set1_ps(numerator), max));
+        let numerator = _mm256_set1_ps(-(nmax + 0.1 * step as f32));
+        let iscale = _mm256_div_ps(numerator, max);
+        let (sumlx, suml2) = symmetric_sums(&x, &weights, iscale, &mut quants);
         let better = _mm256_and_ps(
             _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
             _mm256_cmp_ps::<_CMP_GT_OQ>(
@@ -302,25 +343,29 @@ fn symmetric_lanes(x: &[f32]) -> ([f32; 8], [i8; 128]) {
                 _mm256_mul_ps(best_fit, suml2),
             ),
         );
-        let better_int = _mm256_castps_si256(better);
-        for i in 0..16 {
-            best[i] = _mm256_blendv_epi8(best[i], quants[i], better_int);
-        }
+        best_iscale = select(better, iscale, best_iscale);
         scale = select(better, _mm256_div_ps(sumlx, suml2), scale);
         best_fit = select(better, _mm256_mul_ps(scale, sumlx), best_fit);
     }
+    let mut best = [_mm256_setzero_si256(); 16];
+    symmetric_sums(&x, &weights, best_iscale, &mut best);
 
     // Groups below GROUP_MAX_EPS store zero quants (before the offset) and a zero scale.
     let offset = _mm256_set1_epi32(q6_k::NMAX);
-    let keep = _mm256_castps_si256(_mm256_andnot_ps(
-        all_zero,
-        _mm256_castsi256_ps(_mm256_set1_epi32(-1)),
+    let keep = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_NLT_UQ>(
+        amax,
+        _mm256_set1_ps(GROUP_MAX_EPS),
     ));
-    let best = best.map(|q| _mm256_and_si256(_mm256_add_epi32(q, offset), keep));
-    let mut quants = [0i32; 128];
-    untranspose::<16>(&best, &mut quants);
-    let scales = lanes_f32(select(all_zero, zero, scale));
-    (scales, quants.map(|q| q as i8))
+    for q in best.iter_mut() {
+        *q = _mm256_and_si256(_mm256_add_epi32(*q, offset), keep);
+    }
+    let mut quant_values = [0i32; 128];
+    untranspose::<16>(&best, &mut quant_values);
+    let mut out = [0i8; 128];
+    for (o, &q) in out.iter_mut().zip(&quant_values) {
+        *o = q as i8;
+    }
+    (lanes_f32(select(all_zero, zero, scale)), out)
 }
 
 #[cfg(test)]
