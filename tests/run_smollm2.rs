@@ -88,6 +88,8 @@ fn chunked(gguf: &Path, root: &Path, name: &str, needs: &[&str]) -> Result<PathB
 
 struct Case {
     name: String,
+    /// The user message of a chat prompt; `None` for plain text prompts.
+    user_message: Option<String>,
     prompt: String,
     prompt_ids: Vec<u32>,
     generated_ids: Vec<u32>,
@@ -112,6 +114,13 @@ fn fixture_cases() -> Result<Vec<Case>, String> {
         .iter()
         .map(|case| Case {
             name: case["name"].as_str().unwrap().to_string(),
+            user_message: case["messages"].as_array().and_then(|messages| {
+                messages
+                    .iter()
+                    .find(|m| m["role"] == "user")
+                    .and_then(|m| m["content"].as_str())
+                    .map(str::to_string)
+            }),
             prompt: case["prompt"].as_str().unwrap().to_string(),
             prompt_ids: ids(&case["prompt_ids"]),
             generated_ids: ids(&case["generated_ids"]),
@@ -245,15 +254,12 @@ fn run_command_chats_under_the_ceiling() {
         Ok(dir) => dir,
         Err(reason) => return unavailable(&reason),
     };
-    let chat = cases.iter().find(|c| c.name == "chat_question").unwrap();
+    let chat = cases.iter().find(|c| c.user_message.is_some()).unwrap();
+    let user_message = chat.user_message.as_deref().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_shardkit"))
         .args(["run", "--chunked-dir"])
         .arg(&dir)
-        .args([
-            "--chat",
-            "--prompt",
-            "Explain in a few sentences why the sky is blue.",
-        ])
+        .args(["--chat", "--prompt", user_message])
         .args(["--temperature", "0", "-n", "16", "--threads", "2", "--json"])
         .output()
         .unwrap();

@@ -3,9 +3,9 @@
 //! that read 1-D weights in their stored type.
 //!
 //! [`dot`] picks an AVX2+FMA version at run time when the CPU has it and falls back to a
-//! portable loop otherwise; [`dot_scalar`] is the reference both are tested against. The
-//! fast versions sum in a different order, so they agree with the reference to rounding,
-//! not bit for bit.
+//! portable loop otherwise; [`dot_scalar`] is the reference both are tested against.
+//! [`fused_dot`] offers kernels that read F16, BF16, Q8_0, Q4_0 and Q4_1 rows in place. The fast versions sum
+//! in a different order, so they agree with the reference to rounding, not bit for bit.
 
 use half::{bf16, f16};
 
@@ -138,10 +138,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         {
             // SAFETY: `dot_avx2` needs the AVX2 and FMA instruction sets, and both were just
             // detected on this CPU.
-            return unsafe { x86::dot_avx2(a, b) };
+            return unsafe { super::simd_x86::dot_f32(a, b) };
         }
     }
     dot_portable(a, b)
+}
+
+/// A dot product of a stored row (its bytes) with `f32` values.
+pub type RowDot = fn(&[u8], &[f32]) -> f32;
+
+/// Returns a dot product of a stored row (its bytes) with `f32` values that reads the row in
+/// its stored type without converting it first, when this CPU has one for `dtype`.
+pub fn fused_dot(dtype: DType) -> Option<RowDot> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        return super::simd_x86::fused_dot(dtype);
+    }
+    #[allow(unreachable_code)]
+    None
 }
 
 /// Eight independent sums, so the compiler can keep them in one vector register.
@@ -156,57 +170,6 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     sums.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    /// The dot product with four 8-lane FMA accumulators.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        let len = a.len().min(b.len());
-        let mut sums = [_mm256_setzero_ps(); 4];
-        let mut index = 0;
-        while index + 32 <= len {
-            for (lane, sum) in sums.iter_mut().enumerate() {
-                let offset = index + lane * 8;
-                // SAFETY: `offset + 8 <= index + 32 <= len`, so both 8-float loads read inside
-                // the slices; `loadu` accepts any alignment.
-                let (x, y) = unsafe {
-                    (
-                        _mm256_loadu_ps(a.as_ptr().add(offset)),
-                        _mm256_loadu_ps(b.as_ptr().add(offset)),
-                    )
-                };
-                *sum = _mm256_fmadd_ps(x, y, *sum);
-            }
-            index += 32;
-        }
-        while index + 8 <= len {
-            // SAFETY: `index + 8 <= len`, so both loads read inside the slices.
-            let (x, y) = unsafe {
-                (
-                    _mm256_loadu_ps(a.as_ptr().add(index)),
-                    _mm256_loadu_ps(b.as_ptr().add(index)),
-                )
-            };
-            sums[0] = _mm256_fmadd_ps(x, y, sums[0]);
-            index += 8;
-        }
-        let total = _mm256_add_ps(
-            _mm256_add_ps(sums[0], sums[1]),
-            _mm256_add_ps(sums[2], sums[3]),
-        );
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` is 8 floats, the width of one unaligned store.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
-        lanes.iter().sum::<f32>() + super::dot_scalar(&a[index..len], &b[index..len])
-    }
 }
 
 #[cfg(test)]
@@ -230,6 +193,63 @@ mod tests {
                 (dot_portable(&a, &b) - reference).abs() <= tolerance,
                 "len {len}"
             );
+        }
+    }
+
+    #[test]
+    fn fused_dots_match_convert_then_scalar_dot() {
+        for len in [1, 8, 31, 32, 33, 100, 576] {
+            let x = values(len, 5);
+            let w = values(len, 6);
+            for dtype in [DType::F16, DType::BF16] {
+                let Some(fused) = fused_dot(dtype) else {
+                    continue;
+                };
+                let mut bytes = vec![0u8];
+                for v in &w {
+                    let stored = match dtype {
+                        DType::F16 => f16::from_f32(*v).to_le_bytes(),
+                        _ => bf16::from_f32(*v).to_le_bytes(),
+                    };
+                    bytes.extend_from_slice(&stored);
+                }
+                let mut converted = vec![0f32; len];
+                convert_row(dtype, &bytes[1..], &mut converted);
+                let reference = dot_scalar(&converted, &x);
+                let tolerance = 1e-5 * (1.0 + dot_scalar(&x, &x).sqrt() * len as f32);
+                let got = fused(&bytes[1..], &x);
+                assert!(
+                    (got - reference).abs() <= tolerance,
+                    "{dtype} len {len}: {got} vs {reference}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_quantized_dots_match_dequantize_then_scalar_dot() {
+        use crate::dtype::QuantType;
+        for quant in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1] {
+            let dtype = DType::Quant(quant);
+            let Some(fused) = fused_dot(dtype) else {
+                continue;
+            };
+            for len in [32, 64, 576, 1536] {
+                let x = values(len, 7);
+                let w = values(len, 8);
+                let mut bytes = vec![0u8; dtype.bytes_for(len as u64).unwrap() as usize];
+                crate::quant::quantize_row(quant, &w, &mut bytes).unwrap();
+                let mut dequantized = vec![0f32; len];
+                convert_row(dtype, &bytes, &mut dequantized);
+                let reference = dot_scalar(&dequantized, &x);
+                let tolerance = 1e-5 * (1.0 + dot_scalar(&x, &x).sqrt() * len as f32);
+                let got = fused(&bytes, &x);
+                assert!(
+                    (got - reference).abs() <= tolerance,
+                    "{} len {len}: {got} vs {reference}",
+                    quant.name()
+                );
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{add_weight, convert_row, dot};
+use super::kernels::{add_weight, convert_row, dot, fused_dot};
 use super::weights::{MappedChunks, Matrix, Vector};
 use crate::dtype::DType;
 
@@ -123,12 +123,25 @@ impl Linear {
             pointer: out.as_mut_ptr(),
             len: out.len(),
         };
+        // One token reads each row once either way, so a kernel that reads the stored type
+        // in place saves the conversion; a batch converts each row once and reuses it.
+        let fused = if tokens == 1 {
+            fused_dot(self.weight.dtype)
+        } else {
+            None
+        };
         self.tasks.par_iter().for_each(|task| {
             let piece = &self.weight.pieces[task.piece];
             let bytes = chunks.bytes(piece.bytes);
             for row in task.rows.clone() {
                 let start = (row - piece.rows.start) * self.weight.row_bytes;
                 let row_bytes = &bytes[start..start + self.weight.row_bytes];
+                if let Some(fused) = fused {
+                    // SAFETY: tasks partition the rows, so element `row` of the single
+                    // token's output belongs to this task alone.
+                    unsafe { shared.write(row, fused(row_bytes, input)) };
+                    continue;
+                }
                 with_f32_row(self.weight.dtype, row_bytes, cols, |weights| {
                     for (token, x) in input.chunks_exact(cols).enumerate() {
                         // SAFETY: tasks partition the rows, so element `token * rows + row`

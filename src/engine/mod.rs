@@ -30,6 +30,8 @@ pub mod model;
 pub mod plan;
 pub mod rope;
 pub mod sample;
+#[cfg(target_arch = "x86_64")]
+mod simd_x86;
 pub mod text;
 pub mod weights;
 

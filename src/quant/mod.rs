@@ -12,7 +12,7 @@
 //!
 //! Each format has one file with its `#[repr(C)]` block struct and a scalar reference
 //! quantizer. SIMD paths live in `src/quant/avx2/`, are chosen at run time, and are tested
-//! to produce the same bytes as the reference.
+//! to produce the same bytes as the reference. [`dot`] contains the matrix-vector kernels.
 //!
 //! NaN and infinite inputs produce unspecified but memory-safe blocks, so check rows with
 //! [`first_non_finite`] first. Finite values beyond f16's range (about ±65504 × 127 for
@@ -21,6 +21,7 @@
 use crate::dtype::{DType, QuantType};
 
 mod block;
+pub mod dot;
 
 mod exact;
 mod float;
@@ -89,12 +90,20 @@ pub enum QuantError {
         /// Values per block of the type.
         block_values: usize,
     },
+    /// An activation prepared for another family of weight types.
+    #[error("activation was prepared for {prepared_for} weights, not {weight}; prepare it with QuantizedActivation::new({weight}, ..)")]
+    ActivationMismatch {
+        /// The weight type of the dot product.
+        weight: DType,
+        /// The weight types the activation was prepared for.
+        prepared_for: &'static str,
+    },
     /// A buffer whose length does not match the number of values.
     #[error("{dtype} {buffer} has length {found}, expected {expected} for {values} values")]
     LengthMismatch {
         /// The type.
         dtype: DType,
-        /// The buffer's name: `"byte buffer"`, `"f32 buffer"` or `"activation"`.
+        /// The buffer's name: `"byte buffer"`, `"weight row"` or `"weight rows"`.
         buffer: &'static str,
         /// The number of values converted.
         values: usize,

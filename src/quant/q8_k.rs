@@ -29,8 +29,6 @@ unsafe impl Block for BlockQ8K {
     const VALUES: usize = QK_K;
 }
 
-// NOTE: quantization to q8_K is used by the dot-product kernels, which come next.
-#[allow(dead_code)]
 impl BlockQ8K {
     /// A block of zeros.
     pub(crate) const ZERO: BlockQ8K = BlockQ8K {
@@ -41,7 +39,6 @@ impl BlockQ8K {
 }
 
 /// Quantizes one block: the scalar reference.
-#[allow(dead_code)]
 pub(crate) fn quantize_block(x: &[f32]) -> BlockQ8K {
     let max = first_absmax(x);
     if max == 0.0 {
@@ -58,7 +55,6 @@ pub(crate) fn quantize_block(x: &[f32]) -> BlockQ8K {
 }
 
 /// Stores the sum of each 16 quants in `bsums`.
-#[allow(dead_code)]
 pub(crate) fn fill_sums(block: &mut BlockQ8K) {
     for (sum, group) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
         *sum = group.iter().map(|&q| q as i16).sum();
