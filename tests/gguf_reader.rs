@@ -387,13 +387,20 @@ fn rejects_tensor_data_outside_the_file() {
         .data(vec![0; 64])
         .build();
     let message = rejection(&bytes);
-    assert_contains(&message, &["\"t\"", "outside the file", "bytes"]);
+    assert_contains(
+        &message,
+        &["\"t\"", "64 bytes at data offset 32", "outside the file of"],
+    );
 
+    // The end overflows 64 bits; the message still shows the offset as stored.
     let bytes = Builder::new()
         .tensor("t", &[16], F32, u64::MAX - 31)
         .data(vec![0; 64])
         .build();
-    assert_contains(&rejection(&bytes), &["outside the file"]);
+    assert_contains(
+        &rejection(&bytes),
+        &["at data offset 18446744073709551584", "outside the file"],
+    );
 }
 
 #[test]

@@ -160,3 +160,56 @@ fn special_token_id_outside_vocabulary_is_rejected() {
         "{message}"
     );
 }
+
+#[test]
+fn empty_vocabulary_is_rejected() {
+    for model in ["llama", "gpt2"] {
+        let mut metadata = Metadata::new();
+        metadata.insert("tokenizer.ggml.model", MetadataValue::String(model.into()));
+        metadata.insert(
+            "tokenizer.ggml.tokens",
+            MetadataValue::Array(MetadataArray::String(Vec::new())),
+        );
+        let message = derive_tokenizer(&metadata, "llama")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("\"tokenizer.ggml.tokens\": is empty"),
+            "{model}: {message}"
+        );
+    }
+}
+
+/// Appends one token of `length` bytes of type `token_type` to the SentencePiece vocabulary.
+fn with_long_token(length: usize, token_type: i32) -> Metadata {
+    let mut metadata = sentencepiece_metadata();
+    let mut push = |key: &str, value: MetadataValue| {
+        let Some(MetadataValue::Array(array)) = metadata.get(key).cloned() else {
+            panic!("{key} is an array");
+        };
+        let mut array = array;
+        array.push(value).unwrap();
+        metadata.insert(key, MetadataValue::Array(array));
+    };
+    push(
+        "tokenizer.ggml.tokens",
+        MetadataValue::String("a".repeat(length)),
+    );
+    push("tokenizer.ggml.token_type", MetadataValue::I32(token_type));
+    push("tokenizer.ggml.scores", MetadataValue::F32(-20.0));
+    metadata
+}
+
+#[test]
+fn sentencepiece_token_over_limit_is_rejected() {
+    let message = derive_tokenizer(&with_long_token(1025, 1), "llama")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("token 270 is 1025 bytes, above the limit of 1024 bytes"),
+        "{message}"
+    );
+    assert!(derive_tokenizer(&with_long_token(1024, 1), "llama").is_ok());
+    // A control token is matched whole and never split, so its length does not matter.
+    assert!(derive_tokenizer(&with_long_token(100_000, 3), "llama").is_ok());
+}

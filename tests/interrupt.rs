@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{shardkit_fails, shardkit_ok, write_safetensors, TestTensor};
 use shardkit::dtype::DType;
+use shardkit::synth::{write_checkpoint, SynthSpec};
 
 fn model(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -26,6 +27,20 @@ fn model(dir: &Path) {
     std::fs::write(dir.join("config.json"), "{}").unwrap();
 }
 
+/// Writes a synthetic bf16 Llama of 11.5 MB with finite weights, the input of quantize.
+/// `model` stores byte patterns, some of which read as NaN in bf16, and quantize rejects NaN.
+fn synthetic_model(dir: &Path) {
+    let spec = SynthSpec {
+        hidden: 512,
+        layers: 2,
+        intermediate: 1024,
+        vocab: 1000,
+        dtype: DType::BF16,
+        ..SynthSpec::tiny()
+    };
+    write_checkpoint(&spec, dir, false).unwrap();
+}
+
 /// A small deterministic generator for kill delays.
 fn next(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -34,9 +49,11 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
-fn kill_trials(args: &[&str], trials: usize, seed: u64) {
+/// Kills `shardkit ARGS` at a random point of its run, `trials` times, and checks that each
+/// killed run left either no output or one that verifies. `write_input` writes `model/`.
+fn kill_trials(args: &[&str], trials: usize, seed: u64, write_input: fn(&Path)) {
     let dir = tempfile::tempdir().unwrap();
-    model(&dir.path().join("model"));
+    write_input(&dir.path().join("model"));
     let out = dir.path().join("out");
     let started = Instant::now();
     shardkit_ok(dir.path(), args);
@@ -94,17 +111,37 @@ fn killed_reshard_leaves_nothing_or_complete_output() {
         &["reshard", "model", "-o", "out", "--max-chunk", "600kB"],
         50,
         0x9e37_79b9_7f4a_7c15,
+        model,
     );
 }
 
 #[test]
-fn full_disk_fails_cleanly() {
+fn killed_quantize_leaves_nothing_or_complete_output() {
+    kill_trials(
+        &[
+            "quantize",
+            "q8_0",
+            "model",
+            "-o",
+            "out",
+            "--max-chunk",
+            "600kB",
+        ],
+        50,
+        0x2545_f491_4f6c_dd1d,
+        synthetic_model,
+    );
+}
+
+/// Runs `shardkit COMMAND` with writes limited to 200 KiB per file and checks the error and
+/// that nothing is left behind.
+fn full_disk_trial(command: &str, write_input: fn(&Path)) {
     let dir = tempfile::tempdir().unwrap();
-    model(&dir.path().join("model"));
+    write_input(&dir.path().join("model"));
     // RLIMIT_FSIZE stands in for a full disk: writes past 200 KiB in one file fail with EFBIG once SIGXFSZ is
     // ignored, exactly as they would with ENOSPC.
     let script = format!(
-        "trap '' XFSZ; ulimit -f 200; exec '{}' reshard model -o out --max-chunk 600kB",
+        "trap '' XFSZ; ulimit -f 200; exec '{}' {command} model -o out --max-chunk 600kB",
         env!("CARGO_BIN_EXE_shardkit")
     );
     let output = Command::new("bash")
@@ -114,9 +151,10 @@ fn full_disk_fails_cleanly() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let verb = command.split(' ').next().unwrap();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.starts_with("shardkit: cannot reshard model"),
+        stderr.starts_with(&format!("shardkit: cannot {verb} model")),
         "{stderr}"
     );
     assert!(stderr.contains("cannot write"), "{stderr}");
@@ -126,4 +164,14 @@ fn full_disk_fails_cleanly() {
     assert_eq!(leftovers, 1, "only the model folder should remain");
     let message = shardkit_fails(dir.path(), &["verify", "out"]);
     assert!(message.contains("manifest.json"), "{message}");
+}
+
+#[test]
+fn full_disk_fails_cleanly() {
+    full_disk_trial("reshard", model);
+}
+
+#[test]
+fn full_disk_fails_quantize_cleanly() {
+    full_disk_trial("quantize q8_0", synthetic_model);
 }

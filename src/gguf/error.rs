@@ -184,16 +184,16 @@ pub enum GgufErrorKind {
     },
     /// A tensor's bytes extend past the end of the file.
     #[error(
-        "tensor {tensor:?}: data [{start}, {end}) lies outside the file of {file_bytes} bytes \
-         (data section starts at {data_start})"
+        "tensor {tensor:?}: {bytes} bytes at data offset {offset} lie outside the file of \
+         {file_bytes} bytes (data section starts at {data_start})"
     )]
     TensorOutsideFile {
         /// The tensor name.
         tensor: String,
-        /// Absolute start offset (may be saturated when it overflows).
-        start: u64,
-        /// Absolute end offset (may be saturated when it overflows).
-        end: u64,
+        /// Offset relative to the data section, as stored.
+        offset: u64,
+        /// Length of the tensor's data.
+        bytes: u64,
         /// File size.
         file_bytes: u64,
         /// Absolute offset of the data section.

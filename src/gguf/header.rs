@@ -393,8 +393,8 @@ fn check_layout(header: &GgufHeader) -> Result<(), GgufErrorKind> {
         if !inside {
             return Err(GgufErrorKind::TensorOutsideFile {
                 tensor: tensor.name.clone(),
-                start: start.unwrap_or(u64::MAX),
-                end: end.unwrap_or(u64::MAX),
+                offset: tensor.offset,
+                bytes: tensor.bytes,
                 file_bytes: header.file_bytes,
                 data_start: header.data_start,
             });

@@ -29,6 +29,13 @@ const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 const TOKEN_BYTE: i64 = 6;
 
+/// Maximum length in bytes of a mergeable token of a SentencePiece vocabulary. Rebuilding the
+/// merges tries every split of every token, at a cost that grows with the square of the
+/// token's length. One 30,000-byte token took about a second, so by extrapolation a token of
+/// a few megabytes would take hours. SentencePiece trains pieces of at most 16 characters by
+/// default, which leaves ample room for longer user-defined pieces.
+const MAX_SENTENCEPIECE_TOKEN_BYTES: usize = 1024;
+
 pub(crate) const GPT2_REGEX: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -159,9 +166,10 @@ struct Vocabulary {
 ///
 /// # Errors
 ///
-/// Fails when tokenizer keys have the wrong type or when the token type or score arrays
-/// differ in length from the token list. Also fails when a special token id is out of range
-/// or a merge is not two tokens separated by a space.
+/// Fails when tokenizer keys have the wrong type, when the token list is empty, or when the
+/// token type or score arrays differ in length from the token list. Also fails when a special
+/// token id is out of range, a merge is not two tokens separated by a space, or a
+/// SentencePiece token is longer than [`MAX_SENTENCEPIECE_TOKEN_BYTES`].
 pub fn derive_tokenizer(
     metadata: &Metadata,
     architecture: &str,
@@ -240,6 +248,13 @@ fn read_vocabulary(metadata: &Metadata) -> Result<Vocabulary, GgufErrorKind> {
             )
         })?
         .to_vec();
+    // Every derivation below needs at least one token, the unknown token 0 included.
+    if tokens.is_empty() {
+        return Err(invalid(
+            "tokenizer.ggml.tokens",
+            "is empty; a vocabulary needs at least one token".into(),
+        ));
+    }
     for (id, token) in tokens.iter_mut().enumerate() {
         if token.is_empty() {
             // llama.cpp gives empty tokens the same placeholder text.
@@ -463,7 +478,7 @@ fn sentencepiece_parts(
         "byte_fallback": true,
         "ignore_merges": false,
         "vocab": vocabulary.vocab_json(),
-        "merges": sentencepiece_merges(vocabulary, &scores),
+        "merges": sentencepiece_merges(vocabulary, &scores)?,
     });
 
     let pre_tokenizer =
@@ -487,8 +502,12 @@ fn sentencepiece_parts(
 
 /// Rebuilds BPE merges from SentencePiece scores: each way to split a normal token into two
 /// tokens is a merge, ordered by the merged token's score (highest first), then by the ids of
-/// the merged token and of its two halves.
-fn sentencepiece_merges(vocabulary: &Vocabulary, scores: &[f32]) -> Vec<Value> {
+/// the merged token and of its two halves. Fails on a mergeable token longer than
+/// [`MAX_SENTENCEPIECE_TOKEN_BYTES`].
+fn sentencepiece_merges(
+    vocabulary: &Vocabulary,
+    scores: &[f32],
+) -> Result<Vec<Value>, GgufErrorKind> {
     let mergeable = |id: usize| {
         !matches!(
             vocabulary.types[id],
@@ -506,6 +525,16 @@ fn sentencepiece_merges(vocabulary: &Vocabulary, scores: &[f32]) -> Vec<Value> {
         if !mergeable(id) {
             continue;
         }
+        if token.len() > MAX_SENTENCEPIECE_TOKEN_BYTES {
+            return Err(GgufErrorKind::InvalidKey {
+                key: "tokenizer.ggml.tokens".into(),
+                message: format!(
+                    "token {id} is {} bytes, above the limit of {MAX_SENTENCEPIECE_TOKEN_BYTES} \
+                     bytes for a SentencePiece piece whose merges are rebuilt",
+                    token.len()
+                ),
+            });
+        }
         for (at, _) in token.char_indices().skip(1) {
             let (left, right) = token.split_at(at);
             if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
@@ -517,13 +546,13 @@ fn sentencepiece_merges(vocabulary: &Vocabulary, scores: &[f32]) -> Vec<Value> {
         b.0.total_cmp(&a.0)
             .then((a.1, a.2, a.3).cmp(&(b.1, b.2, b.3)))
     });
-    merges
+    Ok(merges
         .into_iter()
         .map(|(_, id, _, _, at)| {
             let (left, right) = vocabulary.tokens[id].split_at(at);
             json!([left, right])
         })
-        .collect()
+        .collect())
 }
 
 /// Builds the post-processor that adds bos and eos as the metadata sets. Byte-level models
