@@ -29,6 +29,12 @@ const CEILING: u64 = 2_048;
 
 const TOLERANCE: f32 = 1e-4;
 
+/// Tolerance for quantized weights, relative to the largest logit. For one token (every
+/// generation step, and the output head after a batch) the engine quantizes activations to
+/// 8 bits per block before the integer dot products, as llama.cpp does, while the reference
+/// keeps them in f32; the differences seen are about 1.5%.
+const QUANTIZED_TOLERANCE: f32 = 3e-2;
+
 struct Case {
     spec: SynthSpec,
     config_patch: serde_json::Value,
@@ -280,7 +286,7 @@ fn prompt(vocab: u64, len: usize) -> Vec<u32> {
         .collect()
 }
 
-fn assert_close(got: &[f32], want: &[f32], what: &str) {
+fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     let worst = got
         .iter()
@@ -288,8 +294,8 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
         .map(|(g, w)| (g - w).abs())
         .fold(0f32, f32::max);
     assert!(
-        worst <= TOLERANCE * scale,
-        "{what}: largest difference {worst} exceeds {TOLERANCE} × {scale}"
+        worst <= tolerance * scale,
+        "{what}: largest difference {worst} exceeds {tolerance} × {scale}"
     );
 }
 
@@ -297,7 +303,14 @@ fn check_case(case: Case, prompt_len: usize) {
     let root = tempfile::tempdir().unwrap();
     let (checkpoint, chunked) = build(&case, root.path());
     let reference = Reference::load(&checkpoint);
-    check_engine(&chunked, &reference, case.spec.vocab, prompt_len, CEILING);
+    check_engine(
+        &chunked,
+        &reference,
+        case.spec.vocab,
+        prompt_len,
+        CEILING,
+        TOLERANCE,
+    );
 }
 
 /// Compares the engine on `chunked` with the reference at every position, feeding the
@@ -308,6 +321,7 @@ fn check_engine(
     vocab: u64,
     prompt_len: usize,
     ceiling: u64,
+    tolerance: f32,
 ) {
     let manifest = shardkit::manifest::Manifest::read(chunked).unwrap();
     let cut = manifest
@@ -332,6 +346,7 @@ fn check_engine(
         assert_close(
             logits,
             &expected[split - 1],
+            tolerance,
             &format!("split {split}, position {}", split - 1),
         );
         for position in split..prompt_len {
@@ -339,6 +354,7 @@ fn check_engine(
             assert_close(
                 logits,
                 &expected[position],
+                tolerance,
                 &format!("split {split}, position {position}"),
             );
         }
@@ -441,7 +457,14 @@ fn check_quantized(quant: QuantType) {
     assert_eq!(quantized, 2 + 7 * 2, "{} tensors quantized", quant.name());
 
     let reference = Reference::load(&chunked);
-    check_engine(&chunked, &reference, spec.vocab, 21, 8_192);
+    check_engine(
+        &chunked,
+        &reference,
+        spec.vocab,
+        21,
+        8_192,
+        QUANTIZED_TOLERANCE,
+    );
 }
 
 #[test]

@@ -6,13 +6,10 @@
 //! unless it is an aligned F32 row that can be used in place, and dots it with every token of
 //! the batch, so a batch of prompt tokens reads the weights once rather than once per token.
 //!
-//! For one token, F16, BF16, Q8_0, Q4_0 and Q4_1 rows are read in place by the AVX2 kernels
-//! of `kernels::fused_dot`, which keep the activations in `f32`.
-//!
-//! NOTE: other quantized types (q5_0, q5_1 and the k-quants) are dequantized one row at a
-//! time and dotted in `f32`. `crate::quant::dot` offers ggml-style kernels against
-//! activations quantized to 8 bits, which would be faster but round the activations, so the
-//! reference tests would need a tolerance for that rounding; they are not wired in yet.
+//! For one token, quantized rows go to `crate::quant::dot`, ggml-style integer dot products
+//! against the activation quantized once to 8 bits per call (as llama.cpp does, so results
+//! differ from `f32` math by that rounding), and F16 and BF16 rows are read in place by the
+//! AVX2 kernels of `kernels::fused_dot`.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -22,6 +19,7 @@ use rayon::prelude::*;
 use super::kernels::{add_weight, convert_row, dot, fused_dot};
 use super::weights::{MappedChunks, Matrix, Vector};
 use crate::dtype::DType;
+use crate::quant::dot::{dot_row, dot_supported, QuantizedActivation};
 
 /// Minimum rows per task, because smaller tasks cost more in scheduling than they gain.
 const MIN_TASK_ROWS: usize = 8;
@@ -119,7 +117,14 @@ impl Linear {
     ///
     /// `input` holds `tokens × in_features` values and `out` at least
     /// `tokens × out_features`; both are row-major by token.
-    pub fn forward(&self, chunks: &MappedChunks, input: &[f32], tokens: usize, out: &mut [f32]) {
+    pub fn forward(
+        &self,
+        chunks: &MappedChunks,
+        input: &[f32],
+        tokens: usize,
+        activation: &mut QuantizedActivation,
+        out: &mut [f32],
+    ) {
         let (cols, rows) = (self.in_features(), self.out_features());
         let input = &input[..tokens * cols];
         let out = &mut out[..tokens * rows];
@@ -129,17 +134,29 @@ impl Linear {
         };
         // One token reads each row once either way, so a kernel that reads the stored type
         // in place saves the conversion; a batch converts each row once and reuses it.
-        let fused = if tokens == 1 {
-            fused_dot(self.weight.dtype)
-        } else {
-            None
-        };
+        let dtype = self.weight.dtype;
+        let quantized_dot = tokens == 1 && dtype.is_quantized() && dot_supported(dtype);
+        if quantized_dot {
+            activation
+                .quantize(dtype, input)
+                .unwrap_or_else(|e| panic!("activation for {}: {e}", self.weight.name));
+        }
+        let activation = &*activation;
+        let fused = if tokens == 1 { fused_dot(dtype) } else { None };
         self.tasks.par_iter().for_each(|task| {
             let piece = &self.weight.pieces[task.piece];
             let bytes = chunks.bytes(piece.bytes);
             for row in task.rows.clone() {
                 let start = (row - piece.rows.start) * self.weight.row_bytes;
                 let row_bytes = &bytes[start..start + self.weight.row_bytes];
+                if quantized_dot {
+                    let value = dot_row(dtype, row_bytes, activation)
+                        .unwrap_or_else(|e| panic!("row {row} of {}: {e}", self.weight.name));
+                    // SAFETY: tasks partition the rows, so element `row` of the single
+                    // token's output belongs to this task alone.
+                    unsafe { shared.write(row, value) };
+                    continue;
+                }
                 if let Some(fused) = fused {
                     // SAFETY: tasks partition the rows, so element `row` of the single
                     // token's output belongs to this task alone.

@@ -18,6 +18,7 @@ use super::rope::Rope;
 use super::weights::{MappedChunks, Matrix, Vector};
 use super::{EngineError, EngineOptions};
 use crate::dtype::{DType, QuantType};
+use crate::quant::dot::QuantizedActivation;
 use crate::source::chunked::ChunkedSource;
 
 /// One decoder layer's weights.
@@ -138,6 +139,7 @@ impl Model {
             logits: vec![0f32; config.vocab_size],
             cos: vec![0f32; self.rope.pairs()],
             sin: vec![0f32; self.rope.pairs()],
+            activation: empty_activation(),
         };
         Ok(Session {
             model: self,
@@ -152,6 +154,11 @@ impl Model {
             position: 0,
         })
     }
+}
+
+/// An activation buffer with no values; quantizing into it sizes it once for the widest row.
+fn empty_activation() -> QuantizedActivation {
+    QuantizedActivation::new(DType::F32, &[]).expect("an empty f32 activation is valid")
 }
 
 /// Every tensor type the engine computes with, for error messages.
@@ -253,6 +260,7 @@ struct Scratch {
     logits: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    activation: QuantizedActivation,
 }
 
 /// One sequence being decoded: its key/value cache, buffers and position.
@@ -345,11 +353,13 @@ impl Session<'_> {
         }
         layer
             .q_proj
-            .forward(chunks, &s.normed, tokens, &mut s.queries);
-        layer.k_proj.forward(chunks, &s.normed, tokens, &mut s.keys);
+            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.queries);
+        layer
+            .k_proj
+            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.keys);
         layer
             .v_proj
-            .forward(chunks, &s.normed, tokens, &mut s.values);
+            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.values);
         let (q_dim, kv_dim, head_dim) = (config.q_dim(), config.kv_dim(), config.head_dim);
         for token in 0..tokens {
             let position = self.position + token;
@@ -376,9 +386,13 @@ impl Session<'_> {
             tokens,
             &mut s.attention,
         );
-        layer
-            .o_proj
-            .forward(chunks, &s.attention, tokens, &mut s.normed);
+        layer.o_proj.forward(
+            chunks,
+            &s.attention,
+            tokens,
+            &mut s.activation,
+            &mut s.normed,
+        );
         add_assign(
             &mut s.hidden[..tokens * hidden],
             &s.normed[..tokens * hidden],
@@ -408,12 +422,14 @@ impl Session<'_> {
         }
         layer
             .gate_proj
-            .forward(chunks, &s.normed, tokens, &mut s.gate);
-        layer.up_proj.forward(chunks, &s.normed, tokens, &mut s.up);
+            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.gate);
+        layer
+            .up_proj
+            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.up);
         silu_glu(&mut s.gate[..tokens * ffn], &s.up[..tokens * ffn]);
         layer
             .down_proj
-            .forward(chunks, &s.gate, tokens, &mut s.normed);
+            .forward(chunks, &s.gate, tokens, &mut s.activation, &mut s.normed);
         add_assign(
             &mut s.hidden[..tokens * hidden],
             &s.normed[..tokens * hidden],
@@ -437,6 +453,6 @@ impl Session<'_> {
         );
         model
             .lm_head
-            .forward(&model.chunks, &s.last, 1, &mut s.logits);
+            .forward(&model.chunks, &s.last, 1, &mut s.activation, &mut s.logits);
     }
 }
