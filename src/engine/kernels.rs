@@ -3,9 +3,9 @@
 //! that read 1-D weights in their stored type.
 //!
 //! [`dot`] picks an AVX2+FMA version at run time when the CPU has it and falls back to a
-//! portable loop otherwise; [`dot_scalar`] is the reference both are tested against.
-//! [`fused_dot`] offers kernels that read F16 and BF16 rows in place. The fast versions sum
-//! in a different order, so they agree with the reference to rounding, not bit for bit.
+//! portable loop otherwise; [`dot_scalar`] is the reference both are tested against. The fast
+//! versions sum in a different order, so they agree with the reference to rounding, not bit
+//! for bit.
 
 use half::{bf16, f16};
 
@@ -144,20 +144,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
-/// A dot product of a stored row (its bytes) with `f32` values.
-pub type RowDot = fn(&[u8], &[f32]) -> f32;
-
-/// Returns a dot product of a stored row (its bytes) with `f32` values that reads the row in
-/// its stored type without converting it first, when this CPU has one for `dtype`.
-pub fn fused_dot(dtype: DType) -> Option<RowDot> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        return super::simd_x86::fused_dot(dtype);
-    }
-    #[allow(unreachable_code)]
-    None
-}
-
 /// Eight independent sums, so the compiler can keep them in one vector register.
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut sums = [0f32; 8];
@@ -193,36 +179,6 @@ mod tests {
                 (dot_portable(&a, &b) - reference).abs() <= tolerance,
                 "len {len}"
             );
-        }
-    }
-
-    #[test]
-    fn fused_dots_match_convert_then_scalar_dot() {
-        for len in [1, 8, 31, 32, 33, 100, 576] {
-            let x = values(len, 5);
-            let w = values(len, 6);
-            for dtype in [DType::F16, DType::BF16] {
-                let Some(fused) = fused_dot(dtype) else {
-                    continue;
-                };
-                let mut bytes = vec![0u8];
-                for v in &w {
-                    let stored = match dtype {
-                        DType::F16 => f16::from_f32(*v).to_le_bytes(),
-                        _ => bf16::from_f32(*v).to_le_bytes(),
-                    };
-                    bytes.extend_from_slice(&stored);
-                }
-                let mut converted = vec![0f32; len];
-                convert_row(dtype, &bytes[1..], &mut converted);
-                let reference = dot_scalar(&converted, &x);
-                let tolerance = 1e-5 * (1.0 + dot_scalar(&x, &x).sqrt() * len as f32);
-                let got = fused(&bytes[1..], &x);
-                assert!(
-                    (got - reference).abs() <= tolerance,
-                    "{dtype} len {len}: {got} vs {reference}"
-                );
-            }
         }
     }
 

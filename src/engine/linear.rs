@@ -1,25 +1,26 @@
 //! Linear layers computed piece by piece: `out[t] = W · x[t] (+ b)` for a batch of tokens.
 //!
 //! The weight stays in the maps in its stored type. The rows are split into tasks at load
-//! (each task a run of rows inside one piece) and rayon runs the tasks in parallel. A task
-//! reads each of its weight rows once, converting it to `f32` in a per-thread scratch row
-//! unless it is an aligned F32 row that can be used in place, and dots it with every token of
-//! the batch, so a batch of prompt tokens reads the weights once rather than once per token.
+//! (each task a run of rows inside one piece) and rayon runs the tasks in parallel.
 //!
-//! For one token, quantized rows go to `crate::quant::dot`, ggml-style integer dot products
-//! against the activation quantized once to 8 bits per call (as llama.cpp does, so results
-//! differ from `f32` math by that rounding), and F16 and BF16 rows are read in place by the
-//! AVX2 kernels of `kernels::fused_dot`.
+//! One token goes through `crate::quant::dot::matvec`, which reads each task's rows in place:
+//! quantized rows with ggml-style integer dot products against the activation quantized once
+//! to 8 bits per call (as llama.cpp does, so results differ from `f32` math by that rounding),
+//! and F32, F16 and BF16 rows against the activation as it is.
+//!
+//! A batch of prompt tokens reads each weight row once: the row is converted to `f32` in a
+//! per-thread scratch row (or used in place when it is an aligned F32 row) and dotted with
+//! every token of the batch.
 
 use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{add_weight, convert_row, dot, fused_dot};
+use super::kernels::{add_weight, convert_row, dot};
 use super::weights::{MappedChunks, Matrix, Vector};
 use crate::dtype::DType;
-use crate::quant::dot::{dot_row, dot_supported, QuantizedActivation};
+use crate::quant::dot::{dot_supported, matvec, QuantizedActivation};
 
 /// Minimum rows per task, because smaller tasks cost more in scheduling than they gain.
 const MIN_TASK_ROWS: usize = 8;
@@ -78,6 +79,23 @@ impl SharedOutput {
         // guarantees that no other thread touches this element.
         unsafe { *self.pointer.add(index) = value };
     }
+
+    /// Borrows the elements in `range`.
+    ///
+    /// # Safety
+    ///
+    /// No other thread may read or write these elements while the borrow lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, range: Range<usize>) -> &mut [f32] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range {range:?} outside output of {}",
+            self.len
+        );
+        // SAFETY: the range lies inside the output slice, and the caller guarantees that no
+        // other thread touches it while the borrow lives.
+        unsafe { std::slice::from_raw_parts_mut(self.pointer.add(range.start), range.len()) }
+    }
 }
 
 impl Linear {
@@ -132,46 +150,43 @@ impl Linear {
             pointer: out.as_mut_ptr(),
             len: out.len(),
         };
-        // One token reads each row once either way, so a kernel that reads the stored type
-        // in place saves the conversion; a batch converts each row once and reuses it.
+        // One token reads each row once either way, so reading the stored type in place saves
+        // the conversion; a batch converts each row once and reuses it for every token.
         let dtype = self.weight.dtype;
-        let quantized_dot = tokens == 1 && dtype.is_quantized() && dot_supported(dtype);
-        if quantized_dot {
+        if tokens == 1 && dot_supported(dtype) {
             activation
                 .quantize(dtype, input)
                 .unwrap_or_else(|e| panic!("activation for {}: {e}", self.weight.name));
-        }
-        let activation = &*activation;
-        let fused = if tokens == 1 { fused_dot(dtype) } else { None };
-        self.tasks.par_iter().for_each(|task| {
-            let piece = &self.weight.pieces[task.piece];
-            let bytes = chunks.bytes(piece.bytes);
-            for row in task.rows.clone() {
-                let start = (row - piece.rows.start) * self.weight.row_bytes;
-                let row_bytes = &bytes[start..start + self.weight.row_bytes];
-                if quantized_dot {
-                    let value = dot_row(dtype, row_bytes, activation)
-                        .unwrap_or_else(|e| panic!("row {row} of {}: {e}", self.weight.name));
-                    // SAFETY: tasks partition the rows, so element `row` of the single
-                    // token's output belongs to this task alone.
-                    unsafe { shared.write(row, value) };
-                    continue;
-                }
-                if let Some(fused) = fused {
-                    // SAFETY: tasks partition the rows, so element `row` of the single
-                    // token's output belongs to this task alone.
-                    unsafe { shared.write(row, fused(row_bytes, input)) };
-                    continue;
-                }
-                with_f32_row(self.weight.dtype, row_bytes, cols, |weights| {
-                    for (token, x) in input.chunks_exact(cols).enumerate() {
-                        // SAFETY: tasks partition the rows, so element `token * rows + row`
-                        // belongs to this task alone.
-                        unsafe { shared.write(token * rows + row, dot(weights, x)) };
-                    }
+            let activation = &*activation;
+            self.tasks.par_iter().for_each(|task| {
+                let piece = &self.weight.pieces[task.piece];
+                let first = (task.rows.start - piece.rows.start) * self.weight.row_bytes;
+                let len = task.rows.len() * self.weight.row_bytes;
+                let rows = &chunks.bytes(piece.bytes)[first..first + len];
+                // SAFETY: tasks partition the rows, so the single token's outputs for this
+                // task's rows belong to this task alone.
+                let out = unsafe { shared.slice(task.rows.clone()) };
+                matvec(dtype, rows, activation, out).unwrap_or_else(|e| {
+                    panic!("rows {:?} of {}: {e}", task.rows, self.weight.name)
                 });
-            }
-        });
+            });
+        } else {
+            self.tasks.par_iter().for_each(|task| {
+                let piece = &self.weight.pieces[task.piece];
+                let bytes = chunks.bytes(piece.bytes);
+                for row in task.rows.clone() {
+                    let start = (row - piece.rows.start) * self.weight.row_bytes;
+                    let row_bytes = &bytes[start..start + self.weight.row_bytes];
+                    with_f32_row(dtype, row_bytes, cols, |weights| {
+                        for (token, x) in input.chunks_exact(cols).enumerate() {
+                            // SAFETY: tasks partition the rows, so element
+                            // `token * rows + row` belongs to this task alone.
+                            unsafe { shared.write(token * rows + row, dot(weights, x)) };
+                        }
+                    });
+                }
+            });
+        }
         if let Some(bias) = &self.bias {
             let bias_bytes = chunks.bytes(bias.bytes);
             for row in out.chunks_exact_mut(rows) {
