@@ -294,3 +294,23 @@ fn q8_block_sums_its_quants() {
     assert_eq!(block.sum, block.qs.iter().map(|&q| q as i32).sum::<i32>());
     assert_eq!(block.d, 21.0 / 127.0);
 }
+
+#[test]
+fn q8_blocks_are_identical_on_every_code_path() {
+    let mut rng = Rng::new(17);
+    let mut cases: Vec<Vec<f32>> = (0..200).map(|_| normal_row(&mut rng, 32, 10.0)).collect();
+    // With 127 the largest magnitude, the scale is 1 and every other value is a tie.
+    let mut ties = vec![127.0f32];
+    ties.extend((0..31).map(|i| i as f32 - 15.5));
+    cases.push(ties);
+    cases.push(vec![1e-40; 32]);
+    cases.push(vec![0.0; 32]);
+    cases.push(vec![-f32::MAX; 32]);
+    for x in cases {
+        assert_eq!(
+            quantize_q8_block(&x),
+            quantize_q8_block_portable(&x),
+            "{x:?}"
+        );
+    }
+}
