@@ -12,7 +12,6 @@
 
 use rayon::prelude::*;
 
-use super::kernels::dot;
 use super::kv::KvCache;
 
 /// Keys scored together before the running softmax is updated.
@@ -80,6 +79,41 @@ fn attend_one(
     scale: f32,
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected on this CPU.
+        unsafe { attend_one_avx2(cache, layer, query, range, kv_offset, scale, out) };
+        return;
+    }
+    attend_one_portable(cache, layer, query, range, kv_offset, scale, out);
+}
+
+/// [`attend_one_portable`] compiled for AVX2: the same operations in the same order, on
+/// eight lanes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_one_avx2(
+    cache: &KvCache,
+    layer: usize,
+    query: &[f32],
+    range: std::ops::Range<usize>,
+    kv_offset: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    attend_one_portable(cache, layer, query, range, kv_offset, scale, out);
+}
+
+#[inline(always)]
+fn attend_one_portable(
+    cache: &KvCache,
+    layer: usize,
+    query: &[f32],
+    range: std::ops::Range<usize>,
+    kv_offset: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let head_dim = query.len();
     out.fill(0.0);
     let mut running_max = f32::NEG_INFINITY;
@@ -92,7 +126,7 @@ fn attend_one(
             let mut block_max = f32::NEG_INFINITY;
             for (j, score) in scores[..block_len].iter_mut().enumerate() {
                 let key = &span.keys[(block_start + j) * kv_dim + kv_offset..][..head_dim];
-                *score = dot(query, key) * scale;
+                *score = dot_lanes(query, key) * scale;
                 block_max = block_max.max(*score);
             }
             let new_max = running_max.max(block_max);
@@ -115,4 +149,23 @@ fn attend_one(
     }
     let inverse = 1.0 / running_sum;
     out.iter_mut().for_each(|o| *o *= inverse);
+}
+
+/// A dot product in 32 independent sums, which the compiler keeps in four vector registers
+/// and inlines into the loop over keys. Four short chains of additions finish sooner than
+/// one long chain.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; 32];
+    let (chunks_a, chunks_b) = (a.chunks_exact(32), b.chunks_exact(32));
+    let mut tail = 0f32;
+    for (x, y) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
+        tail += x * y;
+    }
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for lane in 0..32 {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
