@@ -142,11 +142,67 @@ impl ErrorStats {
         }
     }
 
+    /// Adds the errors of `decoded` against `source`, value by value. Errors that are not
+    /// finite (from non-finite sources, or scales that overflowed f16) count as values but
+    /// add nothing to the sums.
+    fn add_row(&mut self, source: &[f32], decoded: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if quant::avx2::available() {
+            // SAFETY: `available` confirmed AVX2, FMA and F16C at run time.
+            unsafe { add_row_avx2(self, source, decoded) };
+            return;
+        }
+        add_row_portable(self, source, decoded);
+    }
+
     fn merge(&mut self, other: &ErrorStats) {
         self.count += other.count;
         self.sum_squared += other.sum_squared;
         self.max_abs = self.max_abs.max(other.max_abs);
     }
+}
+
+/// [`add_row_portable`] compiled for AVX2, where its four lanes of f64 are one register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_row_avx2(stats: &mut ErrorStats, source: &[f32], decoded: &[f32]) {
+    add_row_portable(stats, source, decoded);
+}
+
+/// Four independent lanes of sums and maxima, without branches, so the loop vectorizes; it
+/// was most of `quantize q4_0`'s time as a scalar loop.
+#[inline(always)]
+fn add_row_portable(stats: &mut ErrorStats, source: &[f32], decoded: &[f32]) {
+    const LANES: usize = 4;
+    let mut sum_squared = [0f64; LANES];
+    let mut max_abs = [0f64; LANES];
+    let mut add = |lane: usize, a: f32, b: f32| {
+        let error = (f64::from(a) - f64::from(b)).abs();
+        let error = if error < f64::INFINITY { error } else { 0.0 };
+        sum_squared[lane] += error * error;
+        max_abs[lane] = if error > max_abs[lane] {
+            error
+        } else {
+            max_abs[lane]
+        };
+    };
+    let (source_chunks, decoded_chunks) = (source.chunks_exact(LANES), decoded.chunks_exact(LANES));
+    for (lane, (&a, &b)) in source_chunks
+        .remainder()
+        .iter()
+        .zip(decoded_chunks.remainder())
+        .enumerate()
+    {
+        add(lane, a, b);
+    }
+    for (a, b) in source_chunks.zip(decoded_chunks) {
+        for lane in 0..LANES {
+            add(lane, a[lane], b[lane]);
+        }
+    }
+    stats.count += source.len() as u64;
+    stats.sum_squared += sum_squared.iter().sum::<f64>();
+    stats.max_abs = max_abs.iter().fold(stats.max_abs, |m, &v| m.max(v));
 }
 
 /// Produces quantized tensors from a source.
@@ -254,14 +310,7 @@ impl<'a> QuantizeProducer<'a> {
             encode_row(output.dtype, &values, target).map_err(|e| convert_error(input, e))?;
             quant::to_f32(output.dtype, target, &mut decoded)
                 .map_err(|e| convert_error(input, e))?;
-            for (&a, &b) in values.iter().zip(&decoded) {
-                let error = (f64::from(a) - f64::from(b)).abs();
-                if error.is_finite() {
-                    stats.sum_squared += error * error;
-                    stats.max_abs = stats.max_abs.max(error);
-                }
-            }
-            stats.count += columns as u64;
+            stats.add_row(&values, &decoded);
         }
         Ok(stats)
     }
@@ -522,6 +571,30 @@ mod tests {
             &keep,
         );
         assert_eq!(plan.dtype, DType::BF16);
+    }
+
+    #[test]
+    fn error_stats_equal_a_plain_sum_and_skip_non_finite_errors() {
+        let source: Vec<f32> = (0..37).map(|i| i as f32 * 0.37 - 5.0).collect();
+        let mut decoded: Vec<f32> = source.iter().map(|v| v + 0.01 * v.sin()).collect();
+        decoded[5] = f32::INFINITY;
+        decoded[30] = f32::NAN;
+        let mut stats = ErrorStats::default();
+        stats.add_row(&source, &decoded);
+        let (mut sum, mut max) = (0f64, 0f64);
+        for (i, (&a, &b)) in source.iter().zip(&decoded).enumerate() {
+            if i != 5 && i != 30 {
+                let error = (f64::from(a) - f64::from(b)).abs();
+                sum += error * error;
+                max = max.max(error);
+            }
+        }
+        assert_eq!(stats.count, 37);
+        assert!((stats.sum_squared - sum).abs() <= 1e-12 * sum);
+        assert_eq!(stats.max_abs, max);
+        let mut portable = ErrorStats::default();
+        add_row_portable(&mut portable, &source, &decoded);
+        assert_eq!(portable, stats);
     }
 
     #[test]

@@ -39,7 +39,7 @@ mod q8_0;
 mod q8_k;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 
 #[cfg(test)]
 mod test_rows;
