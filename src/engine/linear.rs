@@ -3,10 +3,10 @@
 //! The weight stays in the maps in its stored type. The rows are split into tasks at load
 //! (each task a run of rows inside one piece) and rayon runs the tasks in parallel.
 //!
-//! One token goes through `crate::quant::dot::matvec`, which reads each task's rows in place:
-//! quantized rows with ggml-style integer dot products against the activation quantized once
-//! to 8 bits per call (as llama.cpp does, so results differ from `f32` math by that rounding),
-//! and F32, F16 and BF16 rows against the activation as it is.
+//! One token goes through `crate::quant::dot::matvec`, which reads each task's rows in place.
+//! Quantized rows take ggml-style integer dot products against the activation quantized once
+//! to 8 bits per call, as llama.cpp does, so results differ from `f32` math by that rounding.
+//! F32, F16 and BF16 rows take the activation as it is.
 //!
 //! A batch of prompt tokens reads each weight row once: the row is converted to `f32` in a
 //! per-thread scratch row (or used in place when it is an aligned F32 row) and dotted with
@@ -150,26 +150,17 @@ impl Linear {
             pointer: out.as_mut_ptr(),
             len: out.len(),
         };
-        // One token reads each row once either way, so reading the stored type in place saves
-        // the conversion; a batch converts each row once and reuses it for every token.
+        // One token reads each row once either way, so it reads the stored type in place. A
+        // batch converts each row once and reuses it for every token.
         let dtype = self.weight.dtype;
         if tokens == 1 && dot_supported(dtype) {
             activation
                 .quantize(dtype, input)
                 .unwrap_or_else(|e| panic!("activation for {}: {e}", self.weight.name));
             let activation = &*activation;
-            self.tasks.par_iter().for_each(|task| {
-                let piece = &self.weight.pieces[task.piece];
-                let first = (task.rows.start - piece.rows.start) * self.weight.row_bytes;
-                let len = task.rows.len() * self.weight.row_bytes;
-                let rows = &chunks.bytes(piece.bytes)[first..first + len];
-                // SAFETY: tasks partition the rows, so the single token's outputs for this
-                // task's rows belong to this task alone.
-                let out = unsafe { shared.slice(task.rows.clone()) };
-                matvec(dtype, rows, activation, out).unwrap_or_else(|e| {
-                    panic!("rows {:?} of {}: {e}", task.rows, self.weight.name)
-                });
-            });
+            self.tasks
+                .par_iter()
+                .for_each(|task| self.one_token_task(chunks, task, activation, &shared));
         } else {
             self.tasks.par_iter().for_each(|task| {
                 let piece = &self.weight.pieces[task.piece];
@@ -187,9 +178,84 @@ impl Linear {
                 }
             });
         }
+        self.add_bias(chunks, out);
+    }
+
+    /// Computes layers that read the same input, as [`Linear::forward`] does for each:
+    /// `outs[i][t] = layers[i] · input[t] (+ b)`.
+    ///
+    /// For one token and layers of one weight type, the activation is prepared once and the
+    /// row tasks of all layers run in one parallel pass. That saves one wait for the slowest
+    /// thread per layer, for Llama's q, k and v projections or its gate and up projections.
+    pub fn forward_many<const N: usize>(
+        layers: [&Linear; N],
+        chunks: &MappedChunks,
+        input: &[f32],
+        tokens: usize,
+        activation: &mut QuantizedActivation,
+        outs: [&mut [f32]; N],
+    ) {
+        let dtype = layers[0].weight.dtype;
+        let cols = layers[0].in_features();
+        let shared_pass = tokens == 1
+            && dot_supported(dtype)
+            && layers
+                .iter()
+                .all(|layer| layer.weight.dtype == dtype && layer.in_features() == cols);
+        if !shared_pass {
+            for (layer, out) in layers.into_iter().zip(outs) {
+                layer.forward(chunks, input, tokens, activation, out);
+            }
+            return;
+        }
+        activation
+            .quantize(dtype, &input[..cols])
+            .unwrap_or_else(|e| panic!("activation for {}: {e}", layers[0].weight.name));
+        let activation = &*activation;
+        let mut index = 0;
+        let outs = outs.map(|out| {
+            let out = &mut out[..layers[index].out_features()];
+            index += 1;
+            out
+        });
+        let mut outs = outs;
+        let shared = outs.each_mut().map(|out| SharedOutput {
+            pointer: out.as_mut_ptr(),
+            len: out.len(),
+        });
+        (0..N)
+            .into_par_iter()
+            .flat_map(|i| layers[i].tasks.par_iter().map(move |task| (i, task)))
+            .for_each(|(i, task)| layers[i].one_token_task(chunks, task, activation, &shared[i]));
+        for (layer, out) in layers.into_iter().zip(outs) {
+            layer.add_bias(chunks, out);
+        }
+    }
+
+    /// Runs one row task for a single token whose activation is prepared for this layer.
+    fn one_token_task(
+        &self,
+        chunks: &MappedChunks,
+        task: &RowTask,
+        activation: &QuantizedActivation,
+        shared: &SharedOutput,
+    ) {
+        let piece = &self.weight.pieces[task.piece];
+        let first = (task.rows.start - piece.rows.start) * self.weight.row_bytes;
+        let len = task.rows.len() * self.weight.row_bytes;
+        let rows = &chunks.bytes(piece.bytes)[first..first + len];
+        // SAFETY: tasks partition the rows, so the single token's outputs for this task's rows
+        // belong to this task alone.
+        let out = unsafe { shared.slice(task.rows.clone()) };
+        matvec(self.weight.dtype, rows, activation, out)
+            .unwrap_or_else(|e| panic!("rows {:?} of {}: {e}", task.rows, self.weight.name));
+    }
+
+    /// Adds the bias, if any, to every token's outputs in `out`.
+    fn add_bias(&self, chunks: &MappedChunks, out: &mut [f32]) {
         if let Some(bias) = &self.bias {
             let bias_bytes = chunks.bytes(bias.bytes);
-            for row in out.chunks_exact_mut(rows) {
+            for row in out.chunks_exact_mut(self.out_features()) {
                 add_weight(row, bias.dtype, bias_bytes);
             }
         }

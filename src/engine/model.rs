@@ -351,15 +351,14 @@ impl Session<'_> {
             let weight = chunks.bytes(layer.input_norm.bytes);
             rms_norm(x, layer.input_norm.dtype, weight, config.rms_norm_eps, out);
         }
-        layer
-            .q_proj
-            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.queries);
-        layer
-            .k_proj
-            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.keys);
-        layer
-            .v_proj
-            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.values);
+        Linear::forward_many(
+            [&layer.q_proj, &layer.k_proj, &layer.v_proj],
+            chunks,
+            &s.normed,
+            tokens,
+            &mut s.activation,
+            [&mut s.queries, &mut s.keys, &mut s.values],
+        );
         let (q_dim, kv_dim, head_dim) = (config.q_dim(), config.kv_dim(), config.head_dim);
         for token in 0..tokens {
             let position = self.position + token;
@@ -420,12 +419,14 @@ impl Session<'_> {
                 out,
             );
         }
-        layer
-            .gate_proj
-            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.gate);
-        layer
-            .up_proj
-            .forward(chunks, &s.normed, tokens, &mut s.activation, &mut s.up);
+        Linear::forward_many(
+            [&layer.gate_proj, &layer.up_proj],
+            chunks,
+            &s.normed,
+            tokens,
+            &mut s.activation,
+            [&mut s.gate, &mut s.up],
+        );
         silu_glu(&mut s.gate[..tokens * ffn], &s.up[..tokens * ffn]);
         layer
             .down_proj
