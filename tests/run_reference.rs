@@ -18,7 +18,7 @@ use shardkit::engine::{EngineOptions, Model};
 use shardkit::manifest::SourceRecord;
 use shardkit::plan::PlanOptions;
 use shardkit::reshard::{write_chunked, TensorProducer, WriteError, WriteOptions};
-use shardkit::source::{TensorInfo, TensorSource};
+use shardkit::source::{AuxContent, TensorInfo, TensorSource};
 use shardkit::synth::{write_checkpoint, Family, SynthSpec};
 
 /// Chunk files of at most 8 kB cut the 77 kB embedding and every projection.
@@ -499,6 +499,111 @@ fn llama3_rope_scaling_matches_reference() {
         }),
     };
     check_case(case, 40);
+}
+
+/// llama.cpp's GGUF files carry llama3 scaling as a `rope_freqs.weight` tensor of divisors
+/// and no `rope_scaling` in the metadata: the engine must apply the tensor and match the
+/// reference that reads the scaling from config.json.
+#[test]
+fn llama3_rope_divisors_tensor_matches_reference() {
+    let scaling = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+    let case = Case {
+        spec: spec(Family::Llama, DType::F32),
+        config_patch: serde_json::json!({"rope_theta": 500000.0, "rope_scaling": scaling}),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (checkpoint, _) = build(&case, root.path());
+    let reference = Reference::load(&checkpoint);
+
+    // Divisors as llama.cpp's converter computes them: unscaled over scaled frequency.
+    let head_dim = reference.usize("hidden_size") / reference.usize("num_attention_heads");
+    let scaled = reference.inv_freq(head_dim);
+    let divisors: Vec<u8> = scaled
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &f)| {
+            let unscaled = 1.0 / 500000f64.powf((2 * i) as f64 / head_dim as f64);
+            ((unscaled / f as f64) as f32).to_le_bytes()
+        })
+        .collect();
+    assert!(divisors
+        .chunks(4)
+        .any(|d| f32::from_le_bytes(d.try_into().unwrap()) > 1.5));
+
+    let source = shardkit::source::open(&checkpoint).unwrap();
+    let producer = WithDivisors::new(source.as_ref(), divisors);
+    let mut aux = source.aux_files();
+    for file in &mut aux {
+        if file.name == "config.json" {
+            let mut config = reference.config.clone();
+            config.as_object_mut().unwrap().remove("rope_scaling");
+            file.content = AuxContent::Bytes(config.to_string().into_bytes());
+        }
+    }
+    let chunked = root.path().join("with-divisors");
+    let options = WriteOptions {
+        plan: PlanOptions {
+            max_chunk_bytes: MAX_CHUNK_BYTES,
+            per_tensor: false,
+        },
+        threads: Some(1),
+        force: false,
+    };
+    let record = SourceRecord {
+        format: source.format(),
+        files: source.files(),
+    };
+    write_chunked(&producer, record, &aux, &chunked, options, &|_| {}).unwrap();
+    check_engine(
+        &chunked,
+        &reference,
+        case.spec.vocab,
+        40,
+        CEILING,
+        TOLERANCE,
+    );
+}
+
+/// Copies a source and adds a `rope_freqs.weight` tensor of f32 divisors.
+struct WithDivisors<'a> {
+    source: &'a dyn TensorSource,
+    tensors: Vec<TensorInfo>,
+    divisors: Vec<u8>,
+}
+
+impl<'a> WithDivisors<'a> {
+    fn new(source: &'a dyn TensorSource, divisors: Vec<u8>) -> WithDivisors<'a> {
+        let mut tensors = source.tensors().to_vec();
+        let info = TensorInfo::new(
+            "rope_freqs.weight".into(),
+            DType::F32,
+            vec![divisors.len() as u64 / 4],
+        )
+        .unwrap();
+        tensors.push(info);
+        WithDivisors {
+            source,
+            tensors,
+            divisors,
+        }
+    }
+}
+
+impl TensorProducer for WithDivisors<'_> {
+    fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    fn produce(&self, index: usize, rows: [u64; 2], out: &mut [u8]) -> Result<(), WriteError> {
+        let row_bytes = self.tensors[index].row_bytes().unwrap();
+        if index < self.source.tensors().len() {
+            return Ok(self.source.read_at(index, rows[0] * row_bytes, out)?);
+        }
+        let range = (rows[0] * row_bytes) as usize..(rows[1] * row_bytes) as usize;
+        out.copy_from_slice(&self.divisors[range]);
+        Ok(())
+    }
 }
 
 #[test]

@@ -106,6 +106,14 @@ pub enum EngineError {
         /// The types that work.
         supported: String,
     },
+    /// A tensor holds values the engine cannot use.
+    #[error("tensor {name:?}: {message}")]
+    TensorValues {
+        /// The tensor name.
+        name: String,
+        /// The rule broken, with the offending value and its index.
+        message: String,
+    },
     /// A buffer the engine needs is larger than the allocation ceiling.
     #[error("{what} needs {bytes} bytes, over the allocation ceiling of {ceiling} bytes; a ceiling of at least {bytes} bytes is needed")]
     CeilingTooSmall {

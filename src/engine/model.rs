@@ -10,7 +10,8 @@ use std::path::Path;
 
 use super::attention::{attend, AttentionShape};
 use super::config::ModelConfig;
-use super::kernels::{add_assign, convert_row, is_supported, rms_norm, silu_glu};
+use super::config::RopeScaling;
+use super::kernels::{add_assign, convert_row, for_each_block, is_supported, rms_norm, silu_glu};
 use super::kv::KvCache;
 use super::linear::Linear;
 use super::plan::MemoryPlan;
@@ -82,8 +83,9 @@ impl Model {
                 threads,
                 message: e.to_string(),
             })?;
+        let divisors = rope_divisors(&chunks, &config)?;
         Ok(Model {
-            rope: Rope::new(&config),
+            rope: Rope::new(&config, divisors.as_deref()),
             config,
             chunks,
             embed_tokens,
@@ -197,6 +199,46 @@ fn checked_vector(chunks: &MappedChunks, name: &str, len: usize) -> Result<Vecto
         });
     }
     Ok(vector)
+}
+
+/// The tensor in which llama.cpp's GGUF files store llama3 rope scaling.
+const ROPE_DIVISORS: &str = "rope_freqs.weight";
+
+/// Reads the per-frequency rope divisors of a GGUF import, when the folder has them and
+/// `config.json` states no scaling of its own (which then takes precedence).
+fn rope_divisors(
+    chunks: &MappedChunks,
+    config: &ModelConfig,
+) -> Result<Option<Vec<f32>>, EngineError> {
+    if !chunks.contains(ROPE_DIVISORS) {
+        return Ok(None);
+    }
+    if config.rope_scaling != RopeScaling::None {
+        tracing::warn!(
+            tensor = ROPE_DIVISORS,
+            "config.json sets rope_scaling, which is used instead of the tensor"
+        );
+        return Ok(None);
+    }
+    let pairs = config.head_dim / 2;
+    let vector = checked_vector(chunks, ROPE_DIVISORS, pairs)?;
+    let mut divisors = vec![0f32; pairs];
+    for_each_block(vector.dtype, chunks.bytes(vector.bytes), |start, values| {
+        divisors[start..start + values.len()].copy_from_slice(values);
+    });
+    if let Some((index, value)) = divisors
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v > 0.0))
+    {
+        return Err(EngineError::TensorValues {
+            name: ROPE_DIVISORS.into(),
+            message: format!(
+                "element {index} is {value}; rope divisors must be finite and positive"
+            ),
+        });
+    }
+    Ok(Some(divisors))
 }
 
 /// A linear layer `{prefix}.weight` with `{prefix}.bias` when the checkpoint has one (Qwen2's

@@ -11,6 +11,10 @@
 //!   between are interpolated with `s = (original / wavelength - low) / (high - low)` as
 //!   `(1 - s) · f / factor + s · f`.
 //!
+//! GGUF files made by llama.cpp store llama3 scaling not in the metadata but as a tensor,
+//! `rope_freqs.weight`, of one divisor per frequency. When the configuration has no scaling
+//! and the tensor is present, each frequency is divided by its divisor, as llama.cpp does.
+//!
 //! Angles are computed in `f32` from `position as f32 × inv_freq`, as transformers does.
 
 use super::config::{ModelConfig, RopeScaling};
@@ -22,14 +26,16 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Computes the frequencies for a configuration.
-    pub fn new(config: &ModelConfig) -> Rope {
+    /// Computes the frequencies for a configuration, each divided by its entry of `divisors`
+    /// when given (`head_dim / 2` values, from a `rope_freqs.weight` tensor).
+    pub fn new(config: &ModelConfig, divisors: Option<&[f32]>) -> Rope {
         let half = config.head_dim / 2;
         let dim = config.head_dim as f64;
         let inv_freq = (0..half)
             .map(|i| {
                 let base = 1.0 / config.rope_theta.powf(2.0 * i as f64 / dim);
-                scale_frequency(base, config.rope_scaling) as f32
+                let divisor = divisors.map_or(1.0, |d| f64::from(d[i]));
+                (scale_frequency(base, config.rope_scaling) / divisor) as f32
             })
             .collect();
         Rope { inv_freq }
@@ -107,6 +113,38 @@ mod tests {
         let blended = scale_frequency(middle, scaling);
         assert!(blended < middle);
         assert!(blended > middle / 8.0);
+    }
+
+    #[test]
+    fn divisors_reproduce_llama3_scaling() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
+        let json = r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 256,
+            "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "vocab_size": 300, "rope_theta": 500000.0,
+            "max_position_embeddings": 4096}"#;
+        let mut config =
+            ModelConfig::parse(std::path::Path::new("config.json"), json.as_bytes()).unwrap();
+        assert_eq!(config.head_dim, 64);
+        let plain = Rope::new(&config, None);
+        // The divisors llama.cpp's converter stores: unscaled over scaled frequency.
+        let divisors: Vec<f32> = (0..32)
+            .map(|i| {
+                let base = 1.0 / 500_000f64.powf(2.0 * i as f64 / 64.0);
+                (base / scale_frequency(base, scaling)) as f32
+            })
+            .collect();
+        let from_tensor = Rope::new(&config, Some(&divisors));
+        config.rope_scaling = scaling;
+        let from_config = Rope::new(&config, None);
+        assert_ne!(plain.inv_freq, from_config.inv_freq);
+        for (a, b) in from_tensor.inv_freq.iter().zip(&from_config.inv_freq) {
+            assert!((a - b).abs() <= 1e-6 * b.abs(), "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -86,10 +86,11 @@ pub fn derive_config(
     config.insert("rope_theta".into(), rope_theta);
     config.insert("rope_scaling".into(), rope_scaling(metadata, architecture)?);
     if tensors.iter().any(|t| t.name == "rope_freqs.weight") {
-        // NOTE: llama.cpp stores Llama 3 rope scaling as per-dimension factors in this tensor,
-        // not as metadata, and config.json does not describe it yet.
+        // NOTE: llama.cpp stores Llama 3 rope scaling as per-dimension divisors in this
+        // tensor, not as metadata. `shardkit run` applies the tensor; config.json does not
+        // describe it, so other loaders of the exported folder run without the scaling.
         tracing::warn!(
-            "rope_freqs.weight holds the rope scaling; config.json has no rope_scaling for it"
+            "rope_freqs.weight holds the rope scaling; shardkit run applies it, but config.json has no rope_scaling for other loaders"
         );
     }
     config.insert(
