@@ -294,15 +294,16 @@ impl<'a> QuantizeProducer<'a> {
             .row_bytes()
             .expect("planned types fit the row length") as usize;
         let rows = out.len() / out_row_bytes;
-        let mut raw = vec![0u8; in_row_bytes];
+        // One read for the whole group: a read per row cost a system call per few kilobytes.
+        let mut raw = vec![0u8; rows * in_row_bytes];
+        self.source
+            .read_at(index, first_row * in_row_bytes as u64, &mut raw)?;
         let mut values = vec![0f32; columns];
         let mut decoded = vec![0f32; columns];
         let mut stats = ErrorStats::default();
-        for row in 0..rows {
+        for (row, raw) in raw.chunks_exact(in_row_bytes).enumerate() {
             let absolute = first_row + row as u64;
-            self.source
-                .read_at(index, absolute * in_row_bytes as u64, &mut raw)?;
-            quant::to_f32(input.dtype, &raw, &mut values).map_err(|e| convert_error(input, e))?;
+            quant::to_f32(input.dtype, raw, &mut values).map_err(|e| convert_error(input, e))?;
             if !self.allow_non_finite {
                 check_finite(input, absolute, columns, &values)?;
             }
