@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use super::kernels::dot;
 use super::kv::KvCache;
 
 /// Keys scored together before the running softmax is updated.
@@ -196,7 +197,8 @@ fn horizontal_sum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(fours, _mm_movehdup_ps(fours)))
 }
 
-#[inline(always)]
+/// One query against the positions in `range` on any CPU: the reference for
+/// [`attend_one_avx2`].
 fn attend_one_portable(
     cache: &KvCache,
     layer: usize,
@@ -218,7 +220,7 @@ fn attend_one_portable(
             let mut block_max = f32::NEG_INFINITY;
             for (j, score) in scores[..block_len].iter_mut().enumerate() {
                 let key = &span.keys[(block_start + j) * kv_dim + kv_offset..][..head_dim];
-                *score = dot_lanes(query, key) * scale;
+                *score = dot(query, key) * scale;
                 block_max = block_max.max(*score);
             }
             let new_max = running_max.max(block_max);
@@ -241,25 +243,6 @@ fn attend_one_portable(
     }
     let inverse = 1.0 / running_sum;
     out.iter_mut().for_each(|o| *o *= inverse);
-}
-
-/// Returns a dot product computed in 32 independent sums, which the compiler keeps in four
-/// vector registers and inlines into the loop over keys. Four short chains of additions
-/// finish sooner than one long chain.
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0f32; 32];
-    let (chunks_a, chunks_b) = (a.chunks_exact(32), b.chunks_exact(32));
-    let mut tail = 0f32;
-    for (x, y) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
-        tail += x * y;
-    }
-    for (x, y) in chunks_a.zip(chunks_b) {
-        for lane in 0..32 {
-            sums[lane] += x[lane] * y[lane];
-        }
-    }
-    sums.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
