@@ -132,6 +132,34 @@ fn json_run_reports_ids_text_and_figures() {
 }
 
 #[test]
+fn kv_cache_type_is_chosen_and_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = model_dir(root.path());
+    for (flag, expected) in [(None, "f32"), (Some("f16"), "f16"), (Some("f32"), "f32")] {
+        let mut args = vec![
+            "--prompt",
+            "w5 w6 w7",
+            "--temperature",
+            "0",
+            "-n",
+            "4",
+            "--json",
+        ];
+        args.extend(["--max-alloc", CEILING]);
+        if let Some(kv_type) = flag {
+            args.extend(["--kv-type", kv_type]);
+        }
+        let output = shardkit(&dir, &args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(document["kv_type"], expected, "{flag:?}");
+    }
+    let output = shardkit(&dir, &["--prompt", "w5", "--kv-type", "q8"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("f16"), "{}", stderr(&output));
+}
+
+#[test]
 fn greedy_runs_repeat_and_stream_text() {
     let root = tempfile::tempdir().unwrap();
     let dir = model_dir(root.path());

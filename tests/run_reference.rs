@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use shardkit::dtype::{DType, QuantType};
-use shardkit::engine::{EngineOptions, Model};
+use shardkit::engine::{EngineOptions, KvType, Model};
 use shardkit::manifest::SourceRecord;
 use shardkit::plan::PlanOptions;
 use shardkit::reshard::{write_chunked, TensorProducer, WriteError, WriteOptions};
@@ -310,6 +310,7 @@ fn check_case(case: Case, prompt_len: usize) {
         prompt_len,
         CEILING,
         TOLERANCE,
+        KvType::F32,
     );
 }
 
@@ -322,6 +323,7 @@ fn check_engine(
     prompt_len: usize,
     ceiling: u64,
     tolerance: f32,
+    kv_type: KvType,
 ) {
     let manifest = shardkit::manifest::Manifest::read(chunked).unwrap();
     let cut = manifest
@@ -336,6 +338,7 @@ fn check_engine(
     let options = EngineOptions {
         max_alloc: Some(ceiling),
         threads: Some(2),
+        kv_type,
     };
     let model = Model::load(chunked, &options).unwrap();
     for split in [prompt_len, 1, prompt_len / 2] {
@@ -464,6 +467,7 @@ fn check_quantized(quant: QuantType) {
         21,
         8_192,
         QUANTIZED_TOLERANCE,
+        KvType::F32,
     );
 }
 
@@ -562,6 +566,7 @@ fn llama3_rope_divisors_tensor_matches_reference() {
         40,
         CEILING,
         TOLERANCE,
+        KvType::F32,
     );
 }
 
@@ -603,6 +608,35 @@ impl TensorProducer for WithDivisors<'_> {
         let range = (rows[0] * row_bytes) as usize..(rows[1] * row_bytes) as usize;
         out.copy_from_slice(&self.divisors[range]);
         Ok(())
+    }
+}
+
+/// Tolerance for an F16 key/value cache, relative to the largest logit: every stored key and
+/// value is rounded to 11 significant bits, about 5e-4 relative.
+const F16_CACHE_TOLERANCE: f32 = 5e-3;
+
+#[test]
+fn f16_kv_cache_matches_reference_to_its_rounding() {
+    for family in [Family::Llama, Family::Mistral] {
+        let case = Case {
+            spec: SynthSpec {
+                sliding_window: (family == Family::Mistral).then_some(5),
+                ..spec(family, DType::F32)
+            },
+            config_patch: serde_json::json!({}),
+        };
+        let root = tempfile::tempdir().unwrap();
+        let (checkpoint, chunked) = build(&case, root.path());
+        let reference = Reference::load(&checkpoint);
+        check_engine(
+            &chunked,
+            &reference,
+            case.spec.vocab,
+            45,
+            CEILING,
+            F16_CACHE_TOLERANCE,
+            KvType::F16,
+        );
     }
 }
 

@@ -173,6 +173,7 @@ fn options() -> EngineOptions {
     EngineOptions {
         max_alloc: None,
         threads: Some(2),
+        ..EngineOptions::default()
     }
 }
 

@@ -13,10 +13,13 @@
 use rayon::prelude::*;
 
 use super::kernels::dot;
-use super::kv::KvCache;
+use super::kv::{KvCache, Stored};
 
 /// Keys scored together before the running softmax is updated.
 const KEY_BLOCK: usize = 64;
+
+/// Values the portable path widens from F16 at a time.
+const WIDEN_VALUES: usize = 256;
 
 /// The shapes attention needs.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +73,7 @@ pub fn attend(
         });
 }
 
-/// One query against the positions in `range`, with an online softmax.
+/// Attends one query to the positions in `range`, with an online softmax.
 fn attend_one(
     cache: &KvCache,
     layer: usize,
@@ -81,13 +84,9 @@ fn attend_one(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if query.len() % 8 == 0
-        && query.len() <= MAX_AVX2_HEAD_DIM
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: AVX2 and FMA were just detected on this CPU, and the head width is a
-        // multiple of 8 no larger than the kernel's registers hold.
+    if query.len() % 8 == 0 && query.len() <= MAX_AVX2_HEAD_DIM && crate::quant::avx2::available() {
+        // SAFETY: AVX2, FMA and F16C were just detected on this CPU, and the head width is
+        // a multiple of 8 no larger than the kernel's registers hold.
         unsafe { attend_one_avx2(cache, layer, query, range, kv_offset, scale, out) };
         return;
     }
@@ -98,16 +97,17 @@ fn attend_one(
 #[cfg(target_arch = "x86_64")]
 const MAX_AVX2_HEAD_DIM: usize = 256;
 
-/// [`attend_one_portable`] with AVX2 and FMA: the query (scaled once) and the output are
-/// kept as vectors, each score is two chains of multiply-adds and one horizontal sum, and
-/// each value is added with one multiply-add per 8 lanes.
+/// [`attend_one_portable`] with AVX2, FMA and F16C: the query (scaled once) and the output
+/// are kept as vectors, each score is two chains of multiply-adds and one horizontal sum, and
+/// each value is added with one multiply-add per 8 lanes. F16 pages are widened 8 values at
+/// a time as they are read.
 ///
 /// # Safety
 ///
-/// The CPU must have AVX2 and FMA; `query.len()` must be a multiple of 8 and at most
+/// The CPU must have AVX2, FMA and F16C; `query.len()` must be a multiple of 8 and at most
 /// [`MAX_AVX2_HEAD_DIM`]; `out` must be as long as `query`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_one_avx2(
     cache: &KvCache,
     layer: usize,
@@ -119,63 +119,89 @@ unsafe fn attend_one_avx2(
 ) {
     use std::arch::x86_64::*;
 
-    let vectors = query.len() / 8;
+    let head_dim = query.len();
+    let vectors = head_dim / 8;
     assert!(
-        query.len() % 8 == 0 && vectors <= MAX_AVX2_HEAD_DIM / 8 && out.len() == query.len(),
-        "head of {} values with {} outputs",
-        query.len(),
+        head_dim % 8 == 0 && vectors <= MAX_AVX2_HEAD_DIM / 8 && out.len() == head_dim,
+        "head of {head_dim} values with {} outputs",
         out.len()
     );
-    let load = |values: &[f32], vector: usize| {
+    let load_f32 = |values: &[f32], vector: usize| {
         let lanes = &values[8 * vector..8 * vector + 8];
         // SAFETY: `lanes` holds 8 floats; `loadu` accepts any alignment.
         unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
     };
+    let load_f16 = |values: &[half::f16], vector: usize| {
+        let lanes = &values[8 * vector..8 * vector + 8];
+        // SAFETY: `lanes` holds 8 halves, 16 bytes; `loadu` accepts any alignment.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(lanes.as_ptr().cast())) }
+    };
     let mut scaled_query = [_mm256_setzero_ps(); MAX_AVX2_HEAD_DIM / 8];
     for (vector, lanes) in scaled_query.iter_mut().enumerate().take(vectors) {
-        *lanes = _mm256_mul_ps(load(query, vector), _mm256_set1_ps(scale));
+        *lanes = _mm256_mul_ps(load_f32(query, vector), _mm256_set1_ps(scale));
     }
     let mut acc = [_mm256_setzero_ps(); MAX_AVX2_HEAD_DIM / 8];
     let mut running_max = f32::NEG_INFINITY;
     let mut running_sum = 0f32;
     let mut scores = [0f32; KEY_BLOCK];
-    for span in cache.spans(layer, range.start, range.end) {
-        let kv_dim = span.keys.len() / span.positions;
-        for block_start in (0..span.positions).step_by(KEY_BLOCK) {
-            let block_len = KEY_BLOCK.min(span.positions - block_start);
-            let mut block_max = f32::NEG_INFINITY;
-            for (j, score) in scores[..block_len].iter_mut().enumerate() {
-                let key = &span.keys[(block_start + j) * kv_dim + kv_offset..][..query.len()];
-                let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                for vector in (0..vectors).step_by(2) {
-                    even = _mm256_fmadd_ps(scaled_query[vector], load(key, vector), even);
-                    if vector + 1 < vectors {
-                        let next = load(key, vector + 1);
-                        odd = _mm256_fmadd_ps(scaled_query[vector + 1], next, odd);
+
+    // One page span: the same steps for either storage type, with its own load.
+    macro_rules! attend_span {
+        ($keys:expr, $values:expr, $positions:expr, $load:expr) => {{
+            let (keys, values, positions) = ($keys, $values, $positions);
+            let kv_dim = keys.len() / positions;
+            for block_start in (0..positions).step_by(KEY_BLOCK) {
+                let block_len = KEY_BLOCK.min(positions - block_start);
+                let mut block_max = f32::NEG_INFINITY;
+                for (j, score) in scores[..block_len].iter_mut().enumerate() {
+                    let at = (block_start + j) * kv_dim + kv_offset;
+                    prefetch_ahead(keys, at, kv_dim, head_dim);
+                    let key = &keys[at..at + head_dim];
+                    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    for vector in (0..vectors).step_by(2) {
+                        even = _mm256_fmadd_ps(scaled_query[vector], $load(key, vector), even);
+                        if vector + 1 < vectors {
+                            let next = $load(key, vector + 1);
+                            odd = _mm256_fmadd_ps(scaled_query[vector + 1], next, odd);
+                        }
+                    }
+                    *score = horizontal_sum(_mm256_add_ps(even, odd));
+                    block_max = block_max.max(*score);
+                }
+                let new_max = running_max.max(block_max);
+                // exp(-inf) is 0, which clears the empty accumulators on the first block.
+                let correction = (running_max - new_max).exp();
+                if correction != 1.0 {
+                    running_sum *= correction;
+                    for lanes in acc.iter_mut().take(vectors) {
+                        *lanes = _mm256_mul_ps(*lanes, _mm256_set1_ps(correction));
                     }
                 }
-                *score = horizontal_sum(_mm256_add_ps(even, odd));
-                block_max = block_max.max(*score);
-            }
-            let new_max = running_max.max(block_max);
-            // exp(-inf) is 0, which clears the empty accumulators on the first block.
-            let correction = (running_max - new_max).exp();
-            if correction != 1.0 {
-                running_sum *= correction;
-                for lanes in acc.iter_mut().take(vectors) {
-                    *lanes = _mm256_mul_ps(*lanes, _mm256_set1_ps(correction));
+                for (j, score) in scores[..block_len].iter().enumerate() {
+                    let weight = (score - new_max).exp();
+                    running_sum += weight;
+                    let at = (block_start + j) * kv_dim + kv_offset;
+                    prefetch_ahead(values, at, kv_dim, head_dim);
+                    let value = &values[at..at + head_dim];
+                    let weight = _mm256_set1_ps(weight);
+                    for (vector, lanes) in acc.iter_mut().enumerate().take(vectors) {
+                        *lanes = _mm256_fmadd_ps(weight, $load(value, vector), *lanes);
+                    }
                 }
+                running_max = new_max;
             }
-            for (j, score) in scores[..block_len].iter().enumerate() {
-                let weight = (score - new_max).exp();
-                running_sum += weight;
-                let value = &span.values[(block_start + j) * kv_dim + kv_offset..][..query.len()];
-                let weight = _mm256_set1_ps(weight);
-                for (vector, lanes) in acc.iter_mut().enumerate().take(vectors) {
-                    *lanes = _mm256_fmadd_ps(weight, load(value, vector), *lanes);
-                }
+        }};
+    }
+
+    for span in cache.spans(layer, range.start, range.end) {
+        match (span.keys, span.values) {
+            (Stored::F32(keys), Stored::F32(values)) => {
+                attend_span!(keys, values, span.positions, load_f32)
             }
-            running_max = new_max;
+            (Stored::F16(keys), Stored::F16(values)) => {
+                attend_span!(keys, values, span.positions, load_f16)
+            }
+            _ => unreachable!("a cache stores keys and values in one type"),
         }
     }
     let inverse = _mm256_set1_ps(1.0 / running_sum);
@@ -186,10 +212,31 @@ unsafe fn attend_one_avx2(
     }
 }
 
+/// Positions ahead of the one being read whose key or value attention prefetches.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_POSITIONS: usize = 4;
+
+/// Prefetches the `len` values at `at + PREFETCH_POSITIONS × stride` of `values`, when they
+/// lie inside it. Between two tokens the weights stream through the caches and push the
+/// key/value cache out, so most of its reads come from memory.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_ahead<T>(values: &[T], at: usize, stride: usize, len: usize) {
+    use std::arch::x86_64::*;
+    let ahead = at + PREFETCH_POSITIONS * stride;
+    if let Some(lanes) = values.get(ahead..ahead + len) {
+        let per_line = (64 / std::mem::size_of::<T>()).max(1);
+        for line in (0..len).step_by(per_line) {
+            _mm_prefetch::<_MM_HINT_T0>(lanes[line..].as_ptr().cast());
+        }
+    }
+}
+
 /// Returns the sum of the eight lanes.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn horizontal_sum(v: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
     let pairs = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -197,7 +244,7 @@ fn horizontal_sum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(fours, _mm_movehdup_ps(fours)))
 }
 
-/// One query against the positions in `range` on any CPU: the reference for
+/// Attends one query to the positions in `range` on any CPU: the reference for
 /// [`attend_one_avx2`].
 fn attend_one_portable(
     cache: &KvCache,
@@ -213,14 +260,22 @@ fn attend_one_portable(
     let mut running_max = f32::NEG_INFINITY;
     let mut running_sum = 0f32;
     let mut scores = [0f32; KEY_BLOCK];
+    // F16 values are widened into this buffer a piece at a time.
+    let mut widened = [0f32; WIDEN_VALUES];
     for span in cache.spans(layer, range.start, range.end) {
         let kv_dim = span.keys.len() / span.positions;
         for block_start in (0..span.positions).step_by(KEY_BLOCK) {
             let block_len = KEY_BLOCK.min(span.positions - block_start);
             let mut block_max = f32::NEG_INFINITY;
             for (j, score) in scores[..block_len].iter_mut().enumerate() {
-                let key = &span.keys[(block_start + j) * kv_dim + kv_offset..][..head_dim];
-                *score = dot(query, key) * scale;
+                let at = (block_start + j) * kv_dim + kv_offset;
+                let mut sum = 0f32;
+                for piece in (0..head_dim).step_by(WIDEN_VALUES) {
+                    let len = WIDEN_VALUES.min(head_dim - piece);
+                    let key = span.keys.as_f32(at + piece, &mut widened[..len]);
+                    sum += dot(&query[piece..piece + len], key);
+                }
+                *score = sum * scale;
                 block_max = block_max.max(*score);
             }
             let new_max = running_max.max(block_max);
@@ -233,9 +288,13 @@ fn attend_one_portable(
             for (j, score) in scores[..block_len].iter().enumerate() {
                 let weight = (score - new_max).exp();
                 running_sum += weight;
-                let value = &span.values[(block_start + j) * kv_dim + kv_offset..][..head_dim];
-                for (o, v) in out.iter_mut().zip(value) {
-                    *o += weight * v;
+                let at = (block_start + j) * kv_dim + kv_offset;
+                for piece in (0..head_dim).step_by(WIDEN_VALUES) {
+                    let len = WIDEN_VALUES.min(head_dim - piece);
+                    let value = span.values.as_f32(at + piece, &mut widened[..len]);
+                    for (o, v) in out[piece..piece + len].iter_mut().zip(value) {
+                        *o += weight * v;
+                    }
                 }
             }
             running_max = new_max;
@@ -248,6 +307,7 @@ fn attend_one_portable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::KvType;
 
     /// Deterministic values in [-1, 1).
     fn values(count: usize, seed: u32) -> Vec<f32> {
@@ -261,10 +321,18 @@ mod tests {
 
     #[test]
     fn every_code_path_gives_the_portable_result() {
-        for head_dim in [8, 12, 64, 128] {
+        for (head_dim, kv_type) in [
+            (8, KvType::F32),
+            (12, KvType::F32),
+            (64, KvType::F32),
+            (128, KvType::F32),
+            (12, KvType::F16),
+            (64, KvType::F16),
+            (320, KvType::F16),
+        ] {
             let (kv_heads, positions, page) = (2, 150, 64);
             let kv_dim = kv_heads * head_dim;
-            let mut cache = KvCache::new(1, kv_dim, page, positions);
+            let mut cache = KvCache::new(1, kv_dim, page, positions, kv_type);
             let keys = values(positions * kv_dim, 1);
             let vals = values(positions * kv_dim, 2);
             for position in 0..positions {
@@ -288,7 +356,7 @@ mod tests {
                 for (a, b) in fast.iter().zip(&portable) {
                     assert!(
                         (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                        "head {head_dim}, positions {range:?}: {a} vs {b}"
+                        "{kv_type:?} head {head_dim}, positions {range:?}: {a} vs {b}"
                     );
                 }
             }

@@ -45,13 +45,40 @@ pub use plan::MemoryPlan;
 compile_error!("the engine reads little-endian weights in place and needs a little-endian host");
 
 /// Settings of [`Model::load`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
     /// Largest single heap allocation the engine may make, in bytes (`None`: the manifest's
     /// `max_chunk_bytes`).
     pub max_alloc: Option<u64>,
     /// Worker threads for the matrix products (`None`: one per core).
     pub threads: Option<usize>,
+    /// How the key/value cache stores its values.
+    pub kv_type: KvType,
+}
+
+/// Storage type of the key/value cache.
+///
+/// F32 keeps the values attention computed, exactly. F16 halves the cache's memory and the
+/// bytes each generated token reads back, as llama.cpp's default cache does, at the cost of
+/// rounding every stored value to 11 significant bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvType {
+    /// 32-bit floats.
+    #[default]
+    F32,
+    /// 16-bit floats.
+    F16,
+}
+
+impl KvType {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> u64 {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
 }
 
 /// Errors from loading a model or running it.

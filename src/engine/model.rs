@@ -17,7 +17,7 @@ use super::linear::Linear;
 use super::plan::MemoryPlan;
 use super::rope::Rope;
 use super::weights::{MappedChunks, Matrix, Vector};
-use super::{EngineError, EngineOptions};
+use super::{EngineError, EngineOptions, KvType};
 use crate::dtype::{DType, QuantType};
 use crate::quant::dot::QuantizedActivation;
 use crate::source::chunked::ChunkedSource;
@@ -46,6 +46,7 @@ pub struct Model {
     lm_head: Linear,
     rope: Rope,
     ceiling: u64,
+    kv_type: KvType,
     pool: rayon::ThreadPool,
 }
 
@@ -93,6 +94,7 @@ impl Model {
             norm,
             lm_head: Linear::new(lm_head, None),
             ceiling,
+            kv_type: options.kv_type,
             pool,
         })
     }
@@ -112,6 +114,11 @@ impl Model {
         self.ceiling
     }
 
+    /// How sessions store the key/value cache.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
     /// Worker threads used for the matrix products.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
@@ -124,7 +131,7 @@ impl Model {
     /// Fails when `context` exceeds the model's maximum, or a buffer does not fit the
     /// ceiling (see [`MemoryPlan::new`]).
     pub fn session(&self, context: usize) -> Result<Session<'_>, EngineError> {
-        let plan = MemoryPlan::new(&self.config, self.ceiling, context)?;
+        let plan = MemoryPlan::new(&self.config, self.ceiling, context, self.kv_type)?;
         let config = &self.config;
         let batch = plan.batch_tokens;
         let zeros = |width: usize| vec![0f32; batch * width];
@@ -150,6 +157,7 @@ impl Model {
                 config.kv_dim(),
                 plan.page_positions,
                 plan.context,
+                self.kv_type,
             ),
             plan,
             scratch,

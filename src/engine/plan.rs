@@ -4,7 +4,8 @@
 //!
 //! - activations of a batch of prompt tokens, `batch_tokens × width × 4` bytes for the widest
 //!   of hidden, query, key/value and feed-forward widths;
-//! - key/value pages of `page_positions × kv_dim × 4` bytes, one pair per layer and page;
+//! - key/value pages of `page_positions × kv_dim` values of the cache type (4 or 2 bytes),
+//!   one pair per layer and page;
 //! - the page tables and the token history, which grow with the context;
 //! - logits for the last position and the sampler's candidate list, `vocab × 4` bytes each.
 //!
@@ -13,7 +14,7 @@
 //! token or one position is an error that names it with its size.
 
 use super::config::ModelConfig;
-use super::EngineError;
+use super::{EngineError, KvType};
 
 /// Maximum prompt tokens processed together; a larger batch saves little once the weights are
 /// read once per batch rather than once per token.
@@ -50,6 +51,7 @@ impl MemoryPlan {
         config: &ModelConfig,
         ceiling: u64,
         context: usize,
+        kv_type: KvType,
     ) -> Result<MemoryPlan, EngineError> {
         if context > config.max_position_embeddings {
             return Err(EngineError::ContextFull {
@@ -89,8 +91,8 @@ impl MemoryPlan {
         largest = largest.max(batch_tokens as u64 * token_bytes);
 
         let position_bytes = fits(
-            "one position of a key/value page (kv_dim × 4 bytes)",
-            config.kv_dim() as u64 * F32_BYTES,
+            "one position of a key/value page (kv_dim × the cache type's bytes)",
+            config.kv_dim() as u64 * kv_type.bytes(),
         )?;
         let page_positions = (ceiling / position_bytes)
             .min(MAX_PAGE_POSITIONS as u64)
@@ -130,7 +132,7 @@ mod tests {
 
     #[test]
     fn small_ceiling_gives_small_batches_and_pages() {
-        let plan = MemoryPlan::new(&config(), 1536, 100).unwrap();
+        let plan = MemoryPlan::new(&config(), 1536, 100, KvType::F32).unwrap();
         assert_eq!(plan.batch_tokens, 3);
         assert_eq!(plan.page_positions, 12);
         assert!(plan.largest_buffer <= 1536);
@@ -138,14 +140,14 @@ mod tests {
 
     #[test]
     fn large_ceiling_is_capped() {
-        let plan = MemoryPlan::new(&config(), 1 << 30, 1000).unwrap();
+        let plan = MemoryPlan::new(&config(), 1 << 30, 1000, KvType::F32).unwrap();
         assert_eq!(plan.batch_tokens, MAX_BATCH_TOKENS);
         assert_eq!(plan.page_positions, MAX_PAGE_POSITIONS);
     }
 
     #[test]
     fn logits_over_ceiling_is_an_error_with_the_size() {
-        let message = MemoryPlan::new(&config(), 1000, 10)
+        let message = MemoryPlan::new(&config(), 1000, 10, KvType::F32)
             .unwrap_err()
             .to_string();
         assert!(message.contains("1200 bytes"), "{message}");
@@ -154,6 +156,13 @@ mod tests {
 
     #[test]
     fn context_beyond_the_model_is_rejected() {
-        assert!(MemoryPlan::new(&config(), 1 << 20, 5000).is_err());
+        assert!(MemoryPlan::new(&config(), 1 << 20, 5000, KvType::F32).is_err());
+    }
+
+    #[test]
+    fn f16_cache_pages_hold_twice_the_positions() {
+        let f32_plan = MemoryPlan::new(&config(), 1536, 100, KvType::F32).unwrap();
+        let f16_plan = MemoryPlan::new(&config(), 1536, 100, KvType::F16).unwrap();
+        assert_eq!(f16_plan.page_positions, 2 * f32_plan.page_positions);
     }
 }

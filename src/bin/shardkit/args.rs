@@ -153,6 +153,15 @@ pub enum ExportDtype {
     Bf16,
 }
 
+/// Storage types of the key/value cache of `run`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvCacheType {
+    /// 32-bit floats: exactly the values attention computed.
+    F32,
+    /// 16-bit floats: half the memory and reads, as llama.cpp's default cache.
+    F16,
+}
+
 /// Flags of `export`.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -228,6 +237,9 @@ pub struct RunArgs {
     /// Worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Storage type of the key/value cache.
+    #[arg(long, value_name = "TYPE", value_enum, default_value_t = KvCacheType::F32)]
+    pub kv_type: KvCacheType,
     /// Recompute every hash of the folder first and refuse to start on a mismatch.
     #[arg(long)]
     pub verify: bool,

@@ -17,9 +17,9 @@ use shardkit::alloc::AllocStats;
 use shardkit::engine::generate::{generate, GenerateOptions, Generation};
 use shardkit::engine::sample::SamplingOptions;
 use shardkit::engine::text::{eos_token_ids, ChatTemplate, TextTokenizer};
-use shardkit::engine::{EngineError, EngineOptions, Model};
+use shardkit::engine::{EngineError, EngineOptions, KvType, Model};
 
-use crate::args::RunArgs;
+use crate::args::{KvCacheType, RunArgs};
 
 /// Runs `shardkit run`.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -31,6 +31,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let options = EngineOptions {
         max_alloc: args.max_alloc.map(|size| size.0),
         threads: args.threads.map(usize::from),
+        kv_type: match args.kv_type {
+            KvCacheType::F32 => KvType::F32,
+            KvCacheType::F16 => KvType::F16,
+        },
     };
     let model =
         Model::load(dir, &options).with_context(|| format!("cannot load {}", dir.display()))?;
@@ -238,6 +242,7 @@ impl Report<'_> {
             "peak_heap_bytes": self.stats.peak_live_bytes,
             "max_alloc_bytes": self.model.ceiling(),
             "threads": self.model.threads(),
+            "kv_type": self.model.kv_type(),
             "seed": self.seed,
             "plan": plan,
         })
