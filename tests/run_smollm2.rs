@@ -8,6 +8,11 @@
 //! every prompt with no allocation over 16,000,000 bytes, and the `run` command must do the
 //! same end to end with the imported tokenizer and chat template.
 //!
+//! The README demo's pipeline runs too, with 8 ids a prompt: the Q4_1 GGUF exported as a
+//! Hugging Face checkpoint in one large shard, resharded into 16 MB chunks, run, quantized to
+//! q8 and chatted with under the ceiling. Its export is f16 where the demo's is bf16, so that
+//! the weights equal those of the F16 GGUF bit for bit and the fixture ids apply.
+//!
 //! The GGUF files come from `scripts/fetch-smollm2` and `scripts/make-f16-gguf` (PyPI
 //! downloads and a Python environment). When they or the imported config are unavailable,
 //! the tests print why and pass, except under `CI=true`, where they fail.
@@ -280,4 +285,112 @@ fn run_command_chats_under_the_ceiling() {
     );
     assert!(document["largest_alloc_bytes"].as_u64().unwrap() <= CEILING);
     assert!(!document["text"].as_str().unwrap().is_empty());
+}
+
+/// Runs the `shardkit` binary in `dir` and returns its stdout, failing on a non-zero exit.
+fn shardkit_in(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardkit"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "shardkit {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+#[test]
+fn demo_pipeline_keeps_the_reference_ids_under_the_ceiling() {
+    let _guard = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = match fixture_cases() {
+        Ok(cases) => cases,
+        Err(reason) => return unavailable(&reason),
+    };
+    let gguf = match script_path("fetch-smollm2") {
+        Ok(gguf) => gguf,
+        Err(reason) => return unavailable(&reason),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let work = root.path();
+    let gguf = gguf.to_str().unwrap();
+    shardkit_in(
+        work,
+        &[
+            "export",
+            gguf,
+            "-o",
+            "hf",
+            "--format",
+            "safetensors",
+            "--dtype",
+            "f16",
+        ],
+    );
+    shardkit_in(
+        work,
+        &["reshard", "hf", "-o", "chunked", "--max-chunk", "16MB"],
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("chunked/manifest.json")).unwrap())
+            .unwrap();
+    for chunk in manifest["chunks"].as_array().unwrap() {
+        assert!(chunk["bytes"].as_u64().unwrap() <= CEILING, "{chunk}");
+    }
+
+    ALLOC.reset_peaks();
+    let model = Model::load(&work.join("chunked"), &options()).unwrap();
+    for case in &cases {
+        let got = greedy(&model, &case.prompt_ids, 8);
+        check_against_reference(case, &got);
+    }
+    let largest = ALLOC.stats().largest_alloc_bytes as u64;
+    assert!(largest <= CEILING, "largest allocation {largest} bytes");
+
+    let report = shardkit_in(
+        work,
+        &[
+            "quantize",
+            "q8",
+            "chunked",
+            "-o",
+            "q8",
+            "--max-chunk",
+            "16MB",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(report["target"], "q8_0");
+    let chat = cases.iter().find(|c| c.user_message.is_some()).unwrap();
+    let user_message = chat.user_message.as_deref().unwrap();
+    let output = shardkit_in(
+        work,
+        &[
+            "run",
+            "--chunked-dir",
+            "q8",
+            "--chat",
+            "--prompt",
+            user_message,
+            "--temperature",
+            "0",
+            "-n",
+            "8",
+            "--threads",
+            "2",
+            "--max-alloc",
+            "16MB",
+            "--json",
+        ],
+    );
+    let document: serde_json::Value = serde_json::from_slice(&output).unwrap();
+    assert!(document["largest_alloc_bytes"].as_u64().unwrap() <= CEILING);
+    let first = document["ids"][0].as_u64().unwrap() as u32;
+    assert_eq!(
+        first, chat.generated_ids[0],
+        "q8 model's first id differs from the reference: {document}"
+    );
 }
