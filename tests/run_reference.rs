@@ -18,7 +18,7 @@ use shardkit::engine::{EngineOptions, KvType, Model};
 use shardkit::manifest::SourceRecord;
 use shardkit::plan::PlanOptions;
 use shardkit::reshard::{write_chunked, TensorProducer, WriteError, WriteOptions};
-use shardkit::source::{AuxContent, TensorInfo, TensorSource};
+use shardkit::source::{AuxContent, AuxFile, TensorInfo, TensorSource};
 use shardkit::synth::{write_checkpoint, Family, SynthSpec};
 
 /// Chunk files of at most 8 kB cut the 77 kB embedding and every projection.
@@ -62,16 +62,34 @@ fn build(case: &Case, root: &Path) -> (PathBuf, PathBuf) {
     }
     std::fs::write(&config_path, config.to_string()).unwrap();
     let chunked = root.join("chunked");
-    let options = WriteOptions {
+    shardkit::reshard::reshard(&checkpoint, &chunked, small_chunks(), &|_| {}).unwrap();
+    (checkpoint, chunked)
+}
+
+/// Options that cut the tiny models into chunks of at most [`MAX_CHUNK_BYTES`].
+fn small_chunks() -> WriteOptions {
+    WriteOptions {
         plan: PlanOptions {
             max_chunk_bytes: MAX_CHUNK_BYTES,
             per_tensor: false,
         },
         threads: Some(1),
         force: false,
+    }
+}
+
+/// Writes `producer`'s tensors from `source` as a chunked folder at `output`, in small chunks.
+fn write_small_chunks(
+    producer: &dyn TensorProducer,
+    source: &dyn TensorSource,
+    aux: &[AuxFile],
+    output: &Path,
+) {
+    let record = SourceRecord {
+        format: source.format(),
+        files: source.files(),
     };
-    shardkit::reshard::reshard(&checkpoint, &chunked, options, &|_| {}).unwrap();
-    (checkpoint, chunked)
+    write_chunked(producer, record, aux, output, small_chunks(), &|_| {}).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -429,28 +447,8 @@ fn check_quantized(quant: QuantType) {
     write_checkpoint(&spec, &checkpoint, false).unwrap();
     let source = shardkit::source::open(&checkpoint).unwrap();
     let producer = Quantizing::new(source.as_ref(), quant);
-    let record = SourceRecord {
-        format: source.format(),
-        files: source.files(),
-    };
     let chunked = root.path().join("chunked");
-    let options = WriteOptions {
-        plan: PlanOptions {
-            max_chunk_bytes: MAX_CHUNK_BYTES,
-            per_tensor: false,
-        },
-        threads: Some(1),
-        force: false,
-    };
-    write_chunked(
-        &producer,
-        record,
-        &source.aux_files(),
-        &chunked,
-        options,
-        &|_| {},
-    )
-    .unwrap();
+    write_small_chunks(&producer, source.as_ref(), &source.aux_files(), &chunked);
     let manifest = shardkit::manifest::Manifest::read(&chunked).unwrap();
     let quantized = manifest
         .tensors()
@@ -546,19 +544,7 @@ fn llama3_rope_divisors_tensor_matches_reference() {
         }
     }
     let chunked = root.path().join("with-divisors");
-    let options = WriteOptions {
-        plan: PlanOptions {
-            max_chunk_bytes: MAX_CHUNK_BYTES,
-            per_tensor: false,
-        },
-        threads: Some(1),
-        force: false,
-    };
-    let record = SourceRecord {
-        format: source.format(),
-        files: source.files(),
-    };
-    write_chunked(&producer, record, &aux, &chunked, options, &|_| {}).unwrap();
+    write_small_chunks(&producer, source.as_ref(), &aux, &chunked);
     check_engine(
         &chunked,
         &reference,
