@@ -554,6 +554,21 @@ fn llama3_rope_divisors_tensor_matches_reference() {
         TOLERANCE,
         KvType::F32,
     );
+
+    // A divisor that is not finite and positive is refused at load, with its element.
+    let mut broken = producer.divisors.clone();
+    broken[12..16].copy_from_slice(&(-1.0f32).to_le_bytes());
+    let producer = WithDivisors::new(source.as_ref(), broken);
+    let chunked = root.path().join("bad-divisors");
+    write_small_chunks(&producer, source.as_ref(), &aux, &chunked);
+    let error = Model::load(&chunked, &EngineOptions::default())
+        .err()
+        .expect("a negative divisor loads")
+        .to_string();
+    assert!(
+        error.contains("rope_freqs.weight") && error.contains("element 3 is -1"),
+        "{error}"
+    );
 }
 
 /// Copies a source and adds a `rope_freqs.weight` tensor of f32 divisors.
