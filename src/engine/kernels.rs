@@ -144,6 +144,22 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
+/// Dot products of two weight rows with four activation rows, `out[r][t] = w[r] · x[t]`, all
+/// of one length. The AVX2 version loads each value once for the four or two products that
+/// use it.
+pub fn dot_2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: `dot_2x4` needs the AVX2 and FMA instruction sets, and both were just
+            // detected on this CPU.
+            return unsafe { super::simd_x86::dot_2x4(w, x) };
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|t| dot_portable(w[r], x[t])))
+}
+
 /// Eight independent sums, so the compiler can keep them in one vector register.
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut sums = [0f32; 8];
@@ -179,6 +195,31 @@ mod tests {
                 (dot_portable(&a, &b) - reference).abs() <= tolerance,
                 "len {len}"
             );
+        }
+    }
+
+    #[test]
+    fn tiled_dots_match_scalar_reference() {
+        for len in [1, 7, 8, 31, 64, 100, 576] {
+            let w = [values(len, 11), values(len, 12)];
+            let x = [
+                values(len, 13),
+                values(len, 14),
+                values(len, 15),
+                values(len, 16),
+            ];
+            let got = dot_2x4([&w[0], &w[1]], [&x[0], &x[1], &x[2], &x[3]]);
+            for r in 0..2 {
+                for t in 0..4 {
+                    let reference = dot_scalar(&w[r], &x[t]);
+                    let tolerance = 1e-5 * (1.0 + len as f32);
+                    assert!(
+                        (got[r][t] - reference).abs() <= tolerance,
+                        "len {len}, row {r}, token {t}: {} vs {reference}",
+                        got[r][t]
+                    );
+                }
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{add_weight, convert_row, dot};
+use super::kernels::{add_weight, convert_row, dot, dot_2x4};
 use super::weights::{MappedChunks, Matrix, Vector};
 use crate::dtype::DType;
 use crate::quant::dot::{dot_supported, matvec, QuantizedActivation};
@@ -48,6 +48,8 @@ struct RowTask {
 thread_local! {
     /// One converted weight row per worker thread; it grows to the widest row once.
     static ROW_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The second row of a pair, converted beside the first.
+    static SECOND_ROW_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The output buffer shared by the row tasks of one call.
@@ -165,13 +167,43 @@ impl Linear {
             self.tasks.par_iter().for_each(|task| {
                 let piece = &self.weight.pieces[task.piece];
                 let bytes = chunks.bytes(piece.bytes);
-                for row in task.rows.clone() {
+                let row_bytes = |row: usize| {
                     let start = (row - piece.rows.start) * self.weight.row_bytes;
-                    let row_bytes = &bytes[start..start + self.weight.row_bytes];
-                    with_f32_row(dtype, row_bytes, cols, |weights| {
+                    &bytes[start..start + self.weight.row_bytes]
+                };
+                // Rows go in pairs and tokens in fours, so each loaded weight serves four
+                // tokens and each loaded activation two rows.
+                let mut row = task.rows.start;
+                while row + 2 <= task.rows.end {
+                    let stored = [row_bytes(row), row_bytes(row + 1)];
+                    with_f32_rows(dtype, stored, cols, |weights| {
+                        let mut token = 0;
+                        while token + 4 <= tokens {
+                            let x = std::array::from_fn(|k| &input[(token + k) * cols..][..cols]);
+                            let values = dot_2x4(weights, x);
+                            for (r, row_values) in values.iter().enumerate() {
+                                for (k, &value) in row_values.iter().enumerate() {
+                                    // SAFETY: tasks partition the rows, so every token's
+                                    // outputs for rows `row` and `row + 1` are this task's.
+                                    unsafe { shared.write((token + k) * rows + row + r, value) };
+                                }
+                            }
+                            token += 4;
+                        }
+                        for token in token..tokens {
+                            let x = &input[token * cols..][..cols];
+                            for (r, w) in weights.iter().enumerate() {
+                                // SAFETY: as above.
+                                unsafe { shared.write(token * rows + row + r, dot(w, x)) };
+                            }
+                        }
+                    });
+                    row += 2;
+                }
+                if row < task.rows.end {
+                    with_f32_row(dtype, row_bytes(row), cols, |weights| {
                         for (token, x) in input.chunks_exact(cols).enumerate() {
-                            // SAFETY: tasks partition the rows, so element
-                            // `token * rows + row` belongs to this task alone.
+                            // SAFETY: as above.
                             unsafe { shared.write(token * rows + row, dot(weights, x)) };
                         }
                     });
@@ -260,6 +292,28 @@ impl Linear {
             }
         }
     }
+}
+
+/// Calls `compute` with two rows as `f32`, each in place or converted as [`with_f32_row`]
+/// does. The second row uses a scratch row of its own, so no allocation is wider than a row.
+fn with_f32_rows(dtype: DType, bytes: [&[u8]; 2], cols: usize, compute: impl FnOnce([&[f32]; 2])) {
+    with_f32_row(dtype, bytes[0], cols, |first| {
+        if dtype == DType::F32 {
+            if let Ok(values) = bytemuck::try_cast_slice::<u8, f32>(bytes[1]) {
+                compute([first, values]);
+                return;
+            }
+        }
+        SECOND_ROW_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < cols {
+                scratch.resize(cols, 0.0);
+            }
+            let second = &mut scratch[..cols];
+            convert_row(dtype, bytes[1], second);
+            compute([first, second]);
+        });
+    });
 }
 
 /// Calls `compute` with the row as `f32`: in place for an aligned F32 row, else converted
