@@ -145,6 +145,13 @@ impl Linear {
         activation: &mut QuantizedActivation,
         out: &mut [f32],
     ) {
+        // One token reads each row once either way, so it reads the stored type in place. A
+        // batch converts each row once and reuses it for every token.
+        let dtype = self.weight.dtype;
+        if tokens == 1 && dot_supported(dtype) {
+            Linear::forward_many([self], chunks, input, tokens, activation, [out]);
+            return;
+        }
         let (cols, rows) = (self.in_features(), self.out_features());
         let input = &input[..tokens * cols];
         let out = &mut out[..tokens * rows];
@@ -152,64 +159,51 @@ impl Linear {
             pointer: out.as_mut_ptr(),
             len: out.len(),
         };
-        // One token reads each row once either way, so it reads the stored type in place. A
-        // batch converts each row once and reuses it for every token.
-        let dtype = self.weight.dtype;
-        if tokens == 1 && dot_supported(dtype) {
-            activation
-                .quantize(dtype, input)
-                .unwrap_or_else(|e| panic!("activation for {}: {e}", self.weight.name));
-            let activation = &*activation;
-            self.tasks
-                .par_iter()
-                .for_each(|task| self.one_token_task(chunks, task, activation, &shared));
-        } else {
-            self.tasks.par_iter().for_each(|task| {
-                let piece = &self.weight.pieces[task.piece];
-                let bytes = chunks.bytes(piece.bytes);
-                let row_bytes = |row: usize| {
-                    let start = (row - piece.rows.start) * self.weight.row_bytes;
-                    &bytes[start..start + self.weight.row_bytes]
-                };
-                // Rows go in pairs and tokens in fours, so each loaded weight serves four
-                // tokens and each loaded activation two rows.
-                let mut row = task.rows.start;
-                while row + 2 <= task.rows.end {
-                    let stored = [row_bytes(row), row_bytes(row + 1)];
-                    with_f32_rows(dtype, stored, cols, |weights| {
-                        let mut token = 0;
-                        while token + 4 <= tokens {
-                            let x = std::array::from_fn(|k| &input[(token + k) * cols..][..cols]);
-                            let values = dot_2x4(weights, x);
-                            for (r, row_values) in values.iter().enumerate() {
-                                for (k, &value) in row_values.iter().enumerate() {
-                                    // SAFETY: tasks partition the rows, so every token's
-                                    // outputs for rows `row` and `row + 1` are this task's.
-                                    unsafe { shared.write((token + k) * rows + row + r, value) };
-                                }
-                            }
-                            token += 4;
-                        }
-                        for token in token..tokens {
-                            let x = &input[token * cols..][..cols];
-                            for (r, w) in weights.iter().enumerate() {
-                                // SAFETY: as above.
-                                unsafe { shared.write(token * rows + row + r, dot(w, x)) };
+        self.tasks.par_iter().for_each(|task| {
+            let piece = &self.weight.pieces[task.piece];
+            let bytes = chunks.bytes(piece.bytes);
+            let row_bytes = |row: usize| {
+                let start = (row - piece.rows.start) * self.weight.row_bytes;
+                &bytes[start..start + self.weight.row_bytes]
+            };
+            // Rows go in pairs and tokens in fours, so each loaded weight serves four
+            // tokens and each loaded activation two rows.
+            let mut row = task.rows.start;
+            while row + 2 <= task.rows.end {
+                let stored = [row_bytes(row), row_bytes(row + 1)];
+                with_f32_rows(dtype, stored, cols, |weights| {
+                    let mut token = 0;
+                    while token + 4 <= tokens {
+                        let x = std::array::from_fn(|k| &input[(token + k) * cols..][..cols]);
+                        let values = dot_2x4(weights, x);
+                        for (r, row_values) in values.iter().enumerate() {
+                            for (k, &value) in row_values.iter().enumerate() {
+                                // SAFETY: tasks partition the rows, so every token's
+                                // outputs for rows `row` and `row + 1` are this task's.
+                                unsafe { shared.write((token + k) * rows + row + r, value) };
                             }
                         }
-                    });
-                    row += 2;
-                }
-                if row < task.rows.end {
-                    with_f32_row(dtype, row_bytes(row), cols, |weights| {
-                        for (token, x) in input.chunks_exact(cols).enumerate() {
+                        token += 4;
+                    }
+                    for token in token..tokens {
+                        let x = &input[token * cols..][..cols];
+                        for (r, w) in weights.iter().enumerate() {
                             // SAFETY: as above.
-                            unsafe { shared.write(token * rows + row, dot(weights, x)) };
+                            unsafe { shared.write(token * rows + row + r, dot(w, x)) };
                         }
-                    });
-                }
-            });
-        }
+                    }
+                });
+                row += 2;
+            }
+            if row < task.rows.end {
+                with_f32_row(dtype, row_bytes(row), cols, |weights| {
+                    for (token, x) in input.chunks_exact(cols).enumerate() {
+                        // SAFETY: as above.
+                        unsafe { shared.write(token * rows + row, dot(weights, x)) };
+                    }
+                });
+            }
+        });
         self.add_bias(chunks, out);
     }
 
@@ -244,13 +238,10 @@ impl Linear {
             .quantize(dtype, &input[..cols])
             .unwrap_or_else(|e| panic!("activation for {}: {e}", layers[0].weight.name));
         let activation = &*activation;
-        let mut index = 0;
-        let outs = outs.map(|out| {
-            let out = &mut out[..layers[index].out_features()];
-            index += 1;
-            out
-        });
         let mut outs = outs;
+        for (out, layer) in outs.iter_mut().zip(layers) {
+            *out = &mut std::mem::take(out)[..layer.out_features()];
+        }
         let shared = outs.each_mut().map(|out| SharedOutput {
             pointer: out.as_mut_ptr(),
             len: out.len(),
