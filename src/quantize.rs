@@ -169,8 +169,8 @@ fn add_row_avx2(stats: &mut ErrorStats, source: &[f32], decoded: &[f32]) {
     add_row_portable(stats, source, decoded);
 }
 
-/// Four independent lanes of sums and maxima, without branches, so the loop vectorizes; it
-/// was most of `quantize q4_0`'s time as a scalar loop.
+/// Adds the errors in four independent lanes of sums and maxima, without branches, so the
+/// loop vectorizes. As a scalar loop it took about a third of `quantize q4_0`'s time.
 #[inline(always)]
 fn add_row_portable(stats: &mut ErrorStats, source: &[f32], decoded: &[f32]) {
     const LANES: usize = 4;
@@ -575,7 +575,7 @@ mod tests {
     }
 
     #[test]
-    fn error_stats_equal_a_plain_sum_and_skip_non_finite_errors() {
+    fn error_stats_skip_non_finite() {
         let source: Vec<f32> = (0..37).map(|i| i as f32 * 0.37 - 5.0).collect();
         let mut decoded: Vec<f32> = source.iter().map(|v| v + 0.01 * v.sin()).collect();
         decoded[5] = f32::INFINITY;

@@ -303,7 +303,7 @@ fn shardkit_in(dir: &Path, args: &[&str]) -> Vec<u8> {
 }
 
 #[test]
-fn demo_pipeline_keeps_the_reference_ids_under_the_ceiling() {
+fn demo_pipeline_matches_reference_ids() {
     let _guard = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     let cases = match fixture_cases() {
         Ok(cases) => cases,

@@ -86,7 +86,7 @@ fn attend_one(
     #[cfg(target_arch = "x86_64")]
     if query.len() % 8 == 0 && query.len() <= MAX_AVX2_HEAD_DIM && crate::quant::avx2::available() {
         // SAFETY: AVX2, FMA and F16C were just detected on this CPU, and the head width is
-        // a multiple of 8 no larger than the kernel's registers hold.
+        // a multiple of 8 no larger than `MAX_AVX2_HEAD_DIM`.
         unsafe { attend_one_avx2(cache, layer, query, range, kv_offset, scale, out) };
         return;
     }
@@ -97,10 +97,10 @@ fn attend_one(
 #[cfg(target_arch = "x86_64")]
 const MAX_AVX2_HEAD_DIM: usize = 256;
 
-/// [`attend_one_portable`] with AVX2, FMA and F16C: the query (scaled once) and the output
-/// are kept as vectors, each score is two chains of multiply-adds and one horizontal sum, and
-/// each value is added with one multiply-add per 8 lanes. F16 pages are widened 8 values at
-/// a time as they are read.
+/// Computes [`attend_one_portable`] with AVX2, FMA and F16C. The query (scaled once) and the
+/// output stay in vector registers. Each score takes two chains of multiply-adds and one
+/// horizontal sum, and each value one multiply-add per 8 lanes. F16 pages are widened 8
+/// values at a time as they are read.
 ///
 /// # Safety
 ///
@@ -128,12 +128,12 @@ unsafe fn attend_one_avx2(
     );
     let load_f32 = |values: &[f32], vector: usize| {
         let lanes = &values[8 * vector..8 * vector + 8];
-        // SAFETY: `lanes` holds 8 floats; `loadu` accepts any alignment.
+        // SAFETY: `lanes` is 8 floats long, and `loadu` accepts any alignment.
         unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
     };
     let load_f16 = |values: &[half::f16], vector: usize| {
         let lanes = &values[8 * vector..8 * vector + 8];
-        // SAFETY: `lanes` holds 8 halves, 16 bytes; `loadu` accepts any alignment.
+        // SAFETY: `lanes` is 8 halves (16 bytes) long, and `loadu` accepts any alignment.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(lanes.as_ptr().cast())) }
     };
     let mut scaled_query = [_mm256_setzero_ps(); MAX_AVX2_HEAD_DIM / 8];
@@ -207,7 +207,7 @@ unsafe fn attend_one_avx2(
     let inverse = _mm256_set1_ps(1.0 / running_sum);
     for (vector, lanes) in acc.iter().enumerate().take(vectors) {
         let target = &mut out[8 * vector..8 * vector + 8];
-        // SAFETY: `target` holds 8 floats; `storeu` accepts any alignment.
+        // SAFETY: `target` is 8 floats long, and `storeu` accepts any alignment.
         unsafe { _mm256_storeu_ps(target.as_mut_ptr(), _mm256_mul_ps(*lanes, inverse)) };
     }
 }
@@ -218,7 +218,7 @@ const PREFETCH_POSITIONS: usize = 4;
 
 /// Prefetches the `len` values at `at + PREFETCH_POSITIONS × stride` of `values`, when they
 /// lie inside it. Between two tokens the weights stream through the caches and push the
-/// key/value cache out, so most of its reads come from memory.
+/// key/value cache out, so its reads tend to miss the caches.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -320,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn every_code_path_gives_the_portable_result() {
+    fn fast_path_matches_portable() {
         for (head_dim, kv_type) in [
             (8, KvType::F32),
             (12, KvType::F32),

@@ -4,7 +4,7 @@
 //! when the sequence first reaches them, so no allocation grows with the context beyond one
 //! page. The page tables are reserved for the whole context when the cache is created, so
 //! adding a page never reallocates a table. Values are stored as f32, or as f16 (rounded to
-//! nearest) when the session asks for [`KvType::F16`].
+//! nearest) when the session requests [`KvType::F16`].
 //!
 //! NOTE: pages that fall entirely before a sliding window are kept, not reused; a long
 //! Mistral generation keeps the whole context's pages like a full-attention model does.

@@ -52,7 +52,7 @@ pub struct EngineOptions {
     pub max_alloc: Option<u64>,
     /// Worker threads for the matrix products (`None`: one per core).
     pub threads: Option<usize>,
-    /// How the key/value cache stores its values.
+    /// Storage type of the key/value cache.
     pub kv_type: KvType,
 }
 
@@ -133,7 +133,7 @@ pub enum EngineError {
         /// The types that work.
         supported: String,
     },
-    /// A tensor holds values the engine cannot use.
+    /// A tensor contains values the engine cannot use.
     #[error("tensor {name:?}: {message}")]
     TensorValues {
         /// The tensor name.

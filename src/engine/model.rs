@@ -114,7 +114,7 @@ impl Model {
         self.ceiling
     }
 
-    /// How sessions store the key/value cache.
+    /// Returns the storage type of the sessions' key/value cache.
     pub fn kv_type(&self) -> KvType {
         self.kv_type
     }

@@ -256,12 +256,13 @@ fn q8_family_matvec<const KIND: u8, const G: usize>(rows: &[u8], act: &[Q8Block]
     }
 }
 
-/// Dot products of `R` rows, `row_bytes` apart from `first`, with q8 activation blocks.
+/// Returns the dot products of `R` rows, `row_bytes` apart from `first`, with q8 activation
+/// blocks.
 ///
 /// q4_0 and q5_0 quants carry an offset (8, 16), which the activation sums remove inside the
-/// integer product; the q4_1 and q5_1 minimum meets the same sums in a scalar sum. Even and
+/// integer product. The q4_1 and q5_1 minimum meets the same sums in a scalar sum. Even and
 /// odd blocks of a row go to separate accumulators, so consecutive blocks do not wait on
-/// each other's multiply-add, and rows read together share each activation load.
+/// each other's multiply-add. Rows read together share each activation load.
 ///
 /// # Safety
 ///
