@@ -313,6 +313,26 @@ struct Scratch {
     activation: QuantizedActivation,
 }
 
+/// Writes the RMSNorm of the first `tokens` rows of `scratch.hidden` into `scratch.normed`.
+fn norm_batch(
+    chunks: &MappedChunks,
+    norm: &Vector,
+    config: &ModelConfig,
+    tokens: usize,
+    scratch: &mut Scratch,
+) {
+    let hidden = config.hidden_size;
+    let weight = chunks.bytes(norm.bytes);
+    for (x, out) in scratch
+        .hidden
+        .chunks_exact(hidden)
+        .zip(scratch.normed.chunks_exact_mut(hidden))
+        .take(tokens)
+    {
+        rms_norm(x, norm.dtype, weight, config.rms_norm_eps, out);
+    }
+}
+
 /// One sequence being decoded: its key/value cache, buffers and position.
 pub struct Session<'m> {
     model: &'m Model,
@@ -392,15 +412,7 @@ impl Session<'_> {
         let chunks = &model.chunks;
         let s = &mut self.scratch;
         let hidden = config.hidden_size;
-        for (x, out) in s
-            .hidden
-            .chunks_exact(hidden)
-            .zip(s.normed.chunks_exact_mut(hidden))
-            .take(tokens)
-        {
-            let weight = chunks.bytes(layer.input_norm.bytes);
-            rms_norm(x, layer.input_norm.dtype, weight, config.rms_norm_eps, out);
-        }
+        norm_batch(chunks, &layer.input_norm, config, tokens, s);
         Linear::forward_many(
             [&layer.q_proj, &layer.k_proj, &layer.v_proj],
             chunks,
@@ -454,21 +466,7 @@ impl Session<'_> {
         let chunks = &model.chunks;
         let s = &mut self.scratch;
         let (hidden, ffn) = (config.hidden_size, config.intermediate_size);
-        for (x, out) in s
-            .hidden
-            .chunks_exact(hidden)
-            .zip(s.normed.chunks_exact_mut(hidden))
-            .take(tokens)
-        {
-            let weight = chunks.bytes(layer.post_attention_norm.bytes);
-            rms_norm(
-                x,
-                layer.post_attention_norm.dtype,
-                weight,
-                config.rms_norm_eps,
-                out,
-            );
-        }
+        norm_batch(chunks, &layer.post_attention_norm, config, tokens, s);
         Linear::forward_many(
             [&layer.gate_proj, &layer.up_proj],
             chunks,
